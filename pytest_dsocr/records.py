@@ -50,6 +50,7 @@ class ImageRun:
     finish_reason: str = "length"  # "eos" | "length"
     device: str = "cpu"
     worker: str = "main"
+    token_ids: tuple[int, ...] = ()  # generated ids, for parity checks
 
     @property
     def sam_ms(self) -> float | None:
@@ -72,6 +73,7 @@ class ImageRun:
         data = asdict(self)
         data["crop_grid"] = list(self.crop_grid)
         data["tpot_ms"] = self.tpot_ms
+        data["token_ids"] = list(self.token_ids)
         return data
 
 
