@@ -1,0 +1,1 @@
+"""Datasets: discovery of images, sampling into epochs, bundled sample pages, image loading."""
