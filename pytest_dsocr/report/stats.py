@@ -1,0 +1,138 @@
+"""The one statistics helper: every number in metrics.json, the markdown and the gate comes from here.
+
+Modelled on optimum-benchmark's ``Latency.from_values``: one constructor computes count,
+mean, sample standard deviation, percentiles and a bootstrap confidence interval of the
+mean, and keeps the raw values so that later readers (the regression gate) can redo the
+statistics they need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CI_LEVEL = 0.95
+DEFAULT_N_BOOT = 2000
+DEFAULT_SEED = 0
+PERCENTILES = (50, 90, 95, 99)
+# Bootstrap resamples are drawn in blocks of at most this many indices, so a long run
+# (thousands of samples) never allocates n_boot x n integers at once.
+BOOTSTRAP_BLOCK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary statistics of one measured quantity, with its unit and the raw values.
+
+    ``std`` is the sample standard deviation (ddof=1; 0 for a single value). ``ci_low`` and
+    ``ci_high`` bound the mean with a percentile bootstrap (numpy, fixed seed, so the same
+    values always give the same interval). With no values every statistic is None: a
+    report never shows an invented number.
+    """
+
+    count: int
+    mean: float | None
+    std: float | None
+    min: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+    ci_low: float | None
+    ci_high: float | None
+    ci_level: float
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Iterable[float | int | None],
+        unit: str = "ms",
+        *,
+        ci_level: float = DEFAULT_CI_LEVEL,
+        n_boot: int = DEFAULT_N_BOOT,
+        seed: int = DEFAULT_SEED,
+    ) -> Stats:
+        """Statistics of ``values``; None entries mean "not measured" and are left out.
+
+        Raises ValueError on NaN or infinity: a timer that produced one is broken, and
+        averaging it away would hide that.
+        """
+        kept = [float(v) for v in values if v is not None]
+        if not all(math.isfinite(v) for v in kept):
+            raise ValueError(f"non-finite value among {unit} measurements: {kept}")
+        if not 0.0 < ci_level < 1.0:
+            raise ValueError(f"ci_level must lie in (0, 1), got {ci_level}")
+        if not kept:
+            return cls(
+                count=0, mean=None, std=None, min=None, p50=None, p90=None, p95=None,
+                p99=None, max=None, ci_low=None, ci_high=None, ci_level=ci_level,
+                unit=unit, values=[],
+            )
+        array = np.asarray(kept, dtype=np.float64)
+        p50, p90, p95, p99 = (float(p) for p in np.percentile(array, PERCENTILES))
+        ci_low, ci_high = bootstrap_ci(array, np.mean, ci_level=ci_level, n_boot=n_boot, seed=seed)
+        return cls(
+            count=len(kept),
+            mean=float(array.mean()),
+            std=float(array.std(ddof=1)) if len(kept) > 1 else 0.0,
+            min=float(array.min()),
+            p50=p50,
+            p90=p90,
+            p95=p95,
+            p99=p99,
+            max=float(array.max()),
+            ci_low=ci_low,
+            ci_high=ci_high,
+            ci_level=ci_level,
+            unit=unit,
+            values=kept,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for metrics.json: every field, ``values`` last."""
+        return asdict(self)
+
+
+def bootstrap_ci(
+    array: np.ndarray,
+    statistic: Any,
+    *,
+    ci_level: float = DEFAULT_CI_LEVEL,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(sample, axis=1)`` over resamples of ``array``.
+
+    ``statistic`` must reduce along ``axis`` (np.mean, np.median). Deterministic for a seed.
+    """
+    array = np.asarray(array, dtype=np.float64)
+    n = len(array)
+    if n == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    return percentile_interval(resample_statistic(array, statistic, n_boot, rng), ci_level)
+
+
+def resample_statistic(array: np.ndarray, statistic: Any, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``statistic`` of ``n_boot`` resamples (with replacement) of ``array``, drawn in blocks."""
+    n = len(array)
+    block = max(1, BOOTSTRAP_BLOCK_ELEMENTS // n)
+    out = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, block):
+        stop = min(n_boot, start + block)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = statistic(array[idx], axis=1)
+    return out
+
+
+def percentile_interval(resampled: np.ndarray, ci_level: float) -> tuple[float, float]:
+    tail = (1.0 - ci_level) / 2.0 * 100.0
+    low, high = np.percentile(resampled, [tail, 100.0 - tail])
+    return float(low), float(high)

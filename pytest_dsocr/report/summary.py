@@ -1,0 +1,462 @@
+"""stakeholder_summary.md and report.md, rendered from a metrics.json dict alone.
+
+Both read only the metrics dict (never records), so a summary can be re-rendered from any
+saved metrics.json. Stage rows appear only for stages that were measured.
+
+``efficiency`` (written by the analytic/profiler stages) is rendered when present: scalar
+entries as a list, and every mapping of row name -> {column: value} as a table; columns
+named ``mfu`` or ``mbu`` hold fractions of the hardware peak and are shown in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_dsocr.report.markdown import (
+    MISSING,
+    RATE_DIGITS,
+    fmt,
+    key_value_table,
+    pct,
+    section,
+    table,
+)
+from pytest_dsocr.report.metrics import DECODE, PREFILL, VISION, primary_samples
+
+SUMMARY_TITLE = "DeepSeek-OCR profile: stakeholder summary"
+REPORT_TITLE = "DeepSeek-OCR profile: full report"
+NESTING_NOTE = (
+    "Vision sub-stages nest inside prefill and are never summed with it: prefill contains "
+    "vision{subs}, so prefill + decode is the whole generation and adding vision or its "
+    "sub-stages to it would count them twice."
+)
+OUTSIDE_SUBSTAGES = "outside sub-stages (decoder prefill, embedding merge)"
+# A stage whose standard deviation exceeds this fraction of its mean gets a takeaway line:
+# its per-page times spread widely (usually pages of different crop grids or lengths).
+HIGH_SPREAD_CV = 0.25
+# Aggregates table: (label, path in aggregates). Rows with no measurement are left out.
+AGGREGATE_ROWS = (
+    ("Prefill", ("prefill_ms",)),
+    ("Decode", ("decode_ms",)),
+    ("Time to first token (TTFT)", ("ttft_ms",)),
+    ("Time per output token (TPOT)", ("tpot_ms",)),
+    ("End to end (preprocess + prefill + decode)", ("e2e_ms",)),
+    ("Preprocess", ("preprocess_ms",)),
+    ("Generated tokens", ("tokens",)),
+    ("Decode rate", ("tokens_per_s",)),
+    ("Input length (image + text tokens)", ("sequence_lengths", "input")),
+    ("Image tokens", ("sequence_lengths", "image")),
+)
+THROUGHPUT_ROWS = (
+    ("Pages/s", "pages_per_s"),
+    ("Output (text) tokens/s", "output_tokens_per_s"),
+    ("Image (vision) tokens/s", "image_tokens_per_s"),
+    ("Prompt (text) tokens/s", "prompt_tokens_per_s"),
+    ("Total tokens/s (input + output)", "total_tokens_per_s"),
+)
+EFFICIENCY_FRACTIONS = ("mfu", "mbu")
+PLOT_TITLES = {
+    "stage_times": "Per-stage timings",
+    "latency_distribution": "Per-sample latency distribution",
+}
+
+
+def render_stakeholder_summary(metrics: dict, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
+    """stakeholder_summary.md: what a reader needs to judge the run, no per-sample rows."""
+    parts = [f"# {SUMMARY_TITLE}\n", _status(metrics)]
+    parts += _core_sections(metrics)
+    parts += [section(title, body) for title, body in extra_sections]
+    return "\n".join(parts)
+
+
+def render_report(metrics: dict, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
+    """report.md: the summary's sections plus every statistic, per-sample rows and the config."""
+    parts = [f"# {REPORT_TITLE}\n", _status(metrics)]
+    parts += _core_sections(metrics)
+    parts.append(section("All Statistics", _all_stats(metrics.get("aggregates") or {})))
+    for stage, aggregates in (metrics.get("by_stage") or {}).items():
+        parts.append(section(f"All Statistics: {stage}", _all_stats(aggregates), level=3))
+    parts.append(section("Per-Sample Rows", _sample_rows(metrics)))
+    parts.append(section("Counts", key_value_table(metrics.get("counts") or {})))
+    parts.append(section("Configuration", "```json\n" + json.dumps(metrics.get("config") or {}, indent=2, default=str) + "\n```"))
+    parts += [section(title, body) for title, body in extra_sections]
+    return "\n".join(parts)
+
+
+def _core_sections(metrics: Mapping[str, Any]) -> list[str]:
+    aggregates = metrics.get("aggregates") or {}
+    stage_ms = aggregates.get("stage_ms") or {}
+    parts = [
+        section("Environment", _environment(metrics)),
+        section("Aggregates", _aggregates(metrics)),
+        section("Per-Stage Timings (ms)", _stage_timings(stage_ms, metrics)),
+        section("Stage Share (%)", _stage_shares(stage_ms, metrics)),
+        section("Stage Takeaways", _takeaways(metrics)),
+    ]
+    if metrics.get("efficiency"):
+        parts.append(section("Efficiency (MFU/MBU)", _efficiency(metrics["efficiency"])))
+    if metrics.get("by_stage"):
+        parts.append(section("Benchmark Stages", _by_stage(metrics["by_stage"])))
+    if metrics.get("by_worker"):
+        parts.append(section("Workers", _by_worker(metrics["by_worker"])))
+    if metrics.get("failures"):
+        parts.append(section("Failures", _failures(metrics["failures"])))
+    plots = _plots(metrics.get("plots"))
+    if plots:
+        parts.append(section("Plots", plots))
+    return parts
+
+
+def _status(metrics: Mapping[str, Any]) -> str:
+    counts = metrics.get("counts") or {}
+    stage = metrics.get("aggregates_stage") or MISSING
+    lines = []
+    if metrics.get("complete"):
+        lines.append("Run complete.")
+    else:
+        reason = metrics.get("reason") or "still running"
+        lines.append(f"**Run incomplete** ({reason}): the numbers cover the runs finished so far.")
+    runs = ((metrics.get("aggregates") or {}).get("prefill_ms") or {}).get("count", 0)
+    lines.append(
+        f"Aggregates from benchmark stage `{stage}` ({runs} runs); {fmt(counts.get('measured_runs'))} "
+        f"measured runs of {fmt(counts.get('samples'))} samples in all, {fmt(counts.get('failed', 0))} failed."
+    )
+    if metrics.get("generated_at"):
+        lines.append(f"Generated {metrics['generated_at']}.")
+    return " ".join(lines) + "\n"
+
+
+def _environment(metrics: Mapping[str, Any]) -> str:
+    rows: dict[str, Any] = {}
+    model = (metrics.get("config") or {}).get("model") or {}
+    if model:
+        rows["model"] = " ".join(
+            str(model[key]) for key in ("family", "size") if model.get(key) is not None
+        )
+        for key in ("dtype", "device", "base_size", "image_size", "crop_mode"):
+            if model.get(key) is not None:
+                rows[f"model.{key}"] = model[key]
+    max_new = ((metrics.get("config") or {}).get("infer") or {}).get("max_new_tokens")
+    if max_new is not None:
+        rows["infer.max_new_tokens"] = max_new
+    rows.update(metrics.get("env") or {})
+    return key_value_table(rows) if rows else "No environment recorded."
+
+
+def _aggregates(metrics: Mapping[str, Any]) -> str:
+    aggregates = metrics.get("aggregates") or {}
+    rows = []
+    for label, path in AGGREGATE_ROWS:
+        stats = _dig(aggregates, path)
+        if stats and stats.get("count"):
+            rows.append((label, stats["mean"], stats["std"], stats["p50"], stats["p90"], stats["p99"], stats["unit"]))
+    parts = [
+        table(("Metric", "Mean", "Std", "p50", "p90", "p99", "Unit"), rows)
+        if rows
+        else "No run was measured."
+    ]
+    throughput = aggregates.get("throughput") or {}
+    if throughput.get("pages_per_s") is not None:
+        parts.append(
+            table(
+                ("Throughput", "Value"),
+                [(label, fmt(throughput.get(key), RATE_DIGITS)) for label, key in THROUGHPUT_ROWS],
+            )
+        )
+        parts.append(
+            f"Throughput counts runs over their summed end-to-end time "
+            f"({fmt(throughput.get('busy_s'))} s over {throughput.get('workers')} worker(s); "
+            "the rates of concurrent workers add up)."
+        )
+    parts.append(_counts_line(metrics))
+    memory = _memory_line(metrics.get("memory"))
+    if memory:
+        parts.append(memory)
+    return "\n\n".join(parts)
+
+
+def _counts_line(metrics: Mapping[str, Any]) -> str:
+    counts = metrics.get("counts") or {}
+    rate = metrics.get("error_rate")
+    rounds = ""
+    if counts.get("rounds") is not None or counts.get("warmup_rounds") is not None:
+        rounds = (
+            f" ({fmt(counts.get('warmup_rounds'))} warmup and {fmt(counts.get('rounds'))} measured "
+            "round(s) per sample)"
+        )
+    error_rate = "" if rate is None else f" (error rate {pct(rate)}%)"
+    return (
+        f"Counts: {fmt(counts.get('samples'))} samples, {fmt(counts.get('measured_runs'))} measured runs"
+        f"{rounds}, {fmt(counts.get('failed', 0))} failed{error_rate}."
+    )
+
+
+def _memory_line(memory: Mapping[str, Any] | None) -> str:
+    if not memory:
+        return ""
+    unit = memory.get("unit", "")
+    labels = (("cuda_max_allocated", "CUDA max allocated"), ("cuda_max_reserved", "CUDA max reserved"), ("max_rss", "max RSS"))
+    items = [f"{label} {fmt(memory[key], 1)} {unit}" for key, label in labels if memory.get(key) is not None]
+    return ("Peak memory: " + ", ".join(items) + ".") if items else ""
+
+
+def _stage_order(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+    """Measured stages in reading order: prefill, vision, its sub-stages, decode."""
+    nesting = metrics.get("stage_nesting") or {}
+    order = [PREFILL, *nesting.get(PREFILL, []), *nesting.get(VISION, []), DECODE]
+    order += [name for name in stage_ms if name not in order]
+    return [name for name in dict.fromkeys(order) if name in stage_ms]
+
+
+def _substages(metrics: Mapping[str, Any], stage_ms: Mapping[str, Any]) -> list[str]:
+    """The innermost measured parts of prefill (sam/clip/projector, or vision alone)."""
+    nesting = metrics.get("stage_nesting") or {}
+    names = nesting.get(VISION) or nesting.get(PREFILL) or []
+    return [name for name in names if name in stage_ms]
+
+
+def _stage_timings(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    rows = [
+        (name, s["mean"], s["std"], s["p50"], s["p90"])
+        for name in _stage_order(stage_ms, metrics)
+        for s in (stage_ms[name],)
+    ]
+    if not rows:
+        return "No stage was measured."
+    subs = _substages(metrics, stage_ms)
+    nested = f" and vision contains {', '.join(subs)}" if subs and VISION in stage_ms and subs != [VISION] else ""
+    return table(("Stage", "Mean", "Std", "p50", "p90"), rows) + "\n\n> " + NESTING_NOTE.format(subs=nested)
+
+
+def _mean(stage_ms: Mapping[str, Any], name: str) -> float | None:
+    stats = stage_ms.get(name)
+    return stats.get("mean") if stats else None
+
+
+def _stage_shares(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    prefill, decode = _mean(stage_ms, PREFILL), _mean(stage_ms, DECODE)
+    if prefill is None or decode is None or prefill + decode <= 0:
+        return "Not enough stages measured for shares."
+    total = prefill + decode
+    parts = [
+        "Run level, share of prefill + decode (means per run):",
+        table(
+            ("Stage", "Mean (ms)", "Share (%)"),
+            [(PREFILL, prefill, pct(prefill / total)), (DECODE, decode, pct(decode / total))],
+        ),
+    ]
+    subs = _substages(metrics, stage_ms)
+    if subs and prefill > 0:
+        means = [(name, _mean(stage_ms, name) or 0.0) for name in subs]
+        covered = sum(ms for _, ms in means)
+        rows: list[tuple[Any, ...]] = [(name, ms, pct(ms / prefill)) for name, ms in means]
+        if covered <= prefill:
+            rows.append((OUTSIDE_SUBSTAGES, prefill - covered, pct((prefill - covered) / prefill)))
+        parts += [
+            "Prefill level, share of prefill:",
+            table(("Stage", "Mean (ms)", "Share of prefill (%)"), rows),
+            f"The sub-stages ({', '.join(subs)}) add up to {pct(covered / prefill)}% of prefill; "
+            "their sum can be below prefill because the decoder prefill and the embedding merge "
+            "run outside them.",
+        ]
+    return "\n\n".join(parts)
+
+
+def _takeaways(metrics: Mapping[str, Any]) -> str:
+    aggregates = metrics.get("aggregates") or {}
+    stage_ms = aggregates.get("stage_ms") or {}
+    prefill, decode = _mean(stage_ms, PREFILL), _mean(stage_ms, DECODE)
+    lines = []
+    if prefill is not None and decode is not None and prefill + decode > 0:
+        largest, ms = (DECODE, decode) if decode >= prefill else (PREFILL, prefill)
+        lines.append(
+            f"The largest stage is {largest}: {pct(ms / (prefill + decode))}% of prefill + decode "
+            f"({fmt(ms)} of {fmt(prefill + decode)} ms per run on average)."
+        )
+    rate, tpot, tokens = (aggregates.get(key) or {} for key in ("tokens_per_s", "tpot_ms", "tokens"))
+    if rate.get("count"):
+        lines.append(
+            f"Decode runs at {fmt(rate['mean'], RATE_DIGITS)} tokens/s "
+            f"(TPOT p50 {fmt(tpot.get('p50'))} ms) over {fmt(tokens.get('mean'), 1)} generated tokens per run."
+        )
+    subs = _substages(metrics, stage_ms)
+    if subs and prefill:
+        means = sorted(((_mean(stage_ms, name) or 0.0, name) for name in subs), reverse=True)
+        outside = prefill - sum(ms for ms, _ in means)
+        top_ms, top = means[0]
+        others = ", ".join(f"{name} {pct(ms / prefill)}%" for ms, name in means[1:])
+        text = f"Within prefill, {top} dominates the measured sub-stages with {pct(top_ms / prefill)}% of prefill"
+        text += f" ({others})" if others else ""
+        if outside > top_ms:
+            text += (
+                f"; the decoder prefill and embedding merge outside them take more still, "
+                f"{pct(outside / prefill)}%"
+            )
+        lines.append(text + ".")
+    throughput = aggregates.get("throughput") or {}
+    ttft = aggregates.get("ttft_ms") or {}
+    if throughput.get("pages_per_s") is not None:
+        lines.append(
+            f"End to end: {fmt(throughput['pages_per_s'], RATE_DIGITS)} pages/s, "
+            f"TTFT p50 {fmt(ttft.get('p50'))} ms."
+        )
+    for name in _stage_order(stage_ms, metrics):
+        stats = stage_ms[name]
+        if stats.get("count", 0) > 1 and stats.get("mean") and stats["std"] / stats["mean"] > HIGH_SPREAD_CV:
+            lines.append(
+                f"{name} varies widely between runs (std {pct(stats['std'] / stats['mean'], 0)}% of the mean): "
+                "look at the per-sample rows before trusting its mean."
+            )
+    failed = (metrics.get("counts") or {}).get("failed") or 0
+    if failed:
+        lines.append(f"{failed} sample run(s) failed; see Failures.")
+    return "\n".join(f"- {line}" for line in lines) if lines else "No run was measured."
+
+
+def _efficiency(efficiency: Mapping[str, Any]) -> str:
+    scalars = {k: v for k, v in efficiency.items() if not isinstance(v, Mapping)}
+    parts = [key_value_table(scalars)] if scalars else []
+    tables = {k: v for k, v in efficiency.items() if isinstance(v, Mapping)}
+    row_like = {k: v for k, v in tables.items() if all(not isinstance(x, Mapping) for x in v.values())}
+    if row_like:
+        parts.append(_rows_table("Stage", row_like))
+    for name, nested in tables.items():
+        if name not in row_like:
+            parts.append(f"{name}:\n\n" + _rows_table(name, {k: v for k, v in nested.items() if isinstance(v, Mapping)}))
+    return "\n\n".join(parts)
+
+
+def _rows_table(first: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
+    columns = list(dict.fromkeys(col for row in rows.values() for col in row))
+    headers = [first] + [f"{col.upper()} (%)" if col in EFFICIENCY_FRACTIONS else col for col in columns]
+    body = []
+    for name, row in rows.items():
+        values = []
+        for col in columns:
+            value = row.get(col)
+            values.append(pct(value) if col in EFFICIENCY_FRACTIONS and isinstance(value, (int, float)) else fmt(value, 3))
+        body.append((name, *values))
+    return table(headers, body)
+
+
+def _by_stage(by_stage: Mapping[str, Any]) -> str:
+    rows = []
+    for stage, aggregates in by_stage.items():
+        throughput = aggregates.get("throughput") or {}
+        rows.append(
+            (
+                stage,
+                aggregates["prefill_ms"]["count"],
+                aggregates["prefill_ms"]["p50"],
+                aggregates["decode_ms"]["p50"],
+                aggregates["e2e_ms"]["p50"],
+                fmt(throughput.get("pages_per_s"), RATE_DIGITS),
+            )
+        )
+    note = (
+        "Each benchmark stage is aggregated on its own (a profiler's overhead never mixes into "
+        "another stage's numbers); the aggregates above come from one of them."
+    )
+    return table(("Benchmark stage", "Runs", "Prefill p50 (ms)", "Decode p50 (ms)", "E2E p50 (ms)", "Pages/s"), rows) + "\n\n" + note
+
+
+def _by_worker(by_worker: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            row["worker"],
+            row["device"],
+            row["measured_runs"],
+            fmt(row["pages_per_s"], RATE_DIGITS),
+            fmt(row["output_tokens_per_s"], RATE_DIGITS),
+            row["e2e_ms"]["p50"],
+        )
+        for row in by_worker.get("rows", [])
+    ]
+    totals = by_worker.get("totals") or {}
+    rows.append(
+        (
+            f"total ({totals.get('workers')} workers)",
+            "",
+            totals.get("measured_runs"),
+            fmt(totals.get("pages_per_s"), RATE_DIGITS),
+            fmt(totals.get("output_tokens_per_s"), RATE_DIGITS),
+            "",
+        )
+    )
+    return table(("Worker", "Device", "Runs", "Pages/s", "Output tokens/s", "E2E p50 (ms)"), rows, numeric_from=2)
+
+
+def _failures(failures: Sequence[Mapping[str, Any]]) -> str:
+    rows = [(f["sample_id"], f["epoch"], f["stage"], f.get("error_type", ""), f["error"]) for f in failures]
+    return table(("Sample", "Epoch", "Stage", "Type", "Error"), rows, numeric_from=5)
+
+
+def _plots(plots: Mapping[str, Any] | None) -> str:
+    if not plots:
+        return ""
+    lines = [f"![{PLOT_TITLES.get(name, name)}]({path})" for name, path in (plots.get("files") or {}).items()]
+    if plots.get("note"):
+        lines.append(f"_{plots['note']}_")
+    return "\n\n".join(lines)
+
+
+STAT_COLUMNS = ("count", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "ci_low", "ci_high", "unit")
+
+
+def _all_stats(aggregates: Mapping[str, Any]) -> str:
+    rows = []
+    for name, stats in _flatten_stats(aggregates):
+        rows.append((name, *(stats.get(col) for col in STAT_COLUMNS)))
+    headers = ("Quantity", "n", "Mean", "Std", "Min", "p50", "p90", "p95", "p99", "Max", "CI low", "CI high", "Unit")
+    return table(headers, rows) + "\n\nCI: bootstrap confidence interval of the mean." if rows else "No run was measured."
+
+
+def _flatten_stats(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+    found = []
+    for key, value in mapping.items():
+        if isinstance(value, Mapping) and "count" in value and "values" in value:
+            found.append((prefix + key, value))
+        elif isinstance(value, Mapping):
+            found += _flatten_stats(value, f"{prefix}{key}.")
+    return found
+
+
+def _sample_rows(metrics: Mapping[str, Any]) -> str:
+    samples = list(metrics.get("samples") or [])
+    if not samples:
+        return "No run was measured."
+    subs = list(dict.fromkeys(name for s in samples for name in (s.get("substage_ms") or {})))
+    headers = (
+        "Stage", "Epoch", "Round", "Sample", "Worker", "Preprocess", "Prefill", "Vision", *subs,
+        "Decode", "TTFT", "TPOT", "Tokens", "Prompt len", "Image tokens", "Grid", "Finish",
+    )
+    rows = []
+    for s in samples:
+        grid = s.get("crop_grid") or []
+        rows.append(
+            (
+                s["stage"], s["epoch"], s["round"], s["sample_id"], s["worker"],
+                *(_ms(s.get(key)) for key in ("preprocess_ms", "prefill_ms", "vision_ms")),
+                *(_ms((s.get("substage_ms") or {}).get(name)) for name in subs),
+                *(_ms(s.get(key)) for key in ("decode_ms", "ttft_ms", "tpot_ms")),
+                s["tokens"], s["prefill_len"],
+                s["image_tokens"], "x".join(str(v) for v in grid), s.get("finish_reason", ""),
+            )
+        )
+    main = len(primary_samples(metrics))
+    note = f"Times in ms. {len(samples)} runs, {main} of them in the aggregated stage."
+    return table(headers, rows, numeric_from=5) + "\n\n" + note
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _dig(mapping: Mapping[str, Any], path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
