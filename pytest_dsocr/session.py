@@ -1,0 +1,154 @@
+"""State of one pytest session: the model adapter (loaded once), the engine and stage outputs.
+
+``DsocrSession.measure`` is the one way a stage runs a sample: warmup rounds, measured rounds
+(through pytest-benchmark's pedantic mode when the benchmark fixture is active, else a plain
+loop), outputs for the stage, and records or a failure in the collector.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pytest_dsocr.collector import Collector
+from pytest_dsocr.decoding import DecodePolicy, parse_max_new_tokens
+from pytest_dsocr.engine import NO_HOOKS, Engine, ProfilingHooks
+from pytest_dsocr.env import resolve_device, resolve_dtype
+from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.records import ImageRun, Sample, SampleFailure
+
+log = logging.getLogger(__name__)
+
+
+class SampleFailed(Exception):
+    """A sample could not run; the failure is recorded and the session goes on."""
+
+    def __init__(self, failure: SampleFailure) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+
+
+def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
+    """The engine adapter of ``model.family``."""
+    if cfg.model.family == "deepseek_ocr":
+        from pytest_dsocr.models.deepseek_ocr.adapter import DeepseekOCRAdapter
+
+        return DeepseekOCRAdapter(cfg.model, device, dtype, cfg.infer.prompt)
+    raise DsocrError(f"model.family={cfg.model.family!r}: not supported yet (supported: deepseek_ocr)")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for metrics.json and the test report."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, DsocrError) else f"{type(exc).__name__}: {text}"
+
+
+class DsocrSession:
+    """Loaded once per pytest session (fixture ``dsocr_session``)."""
+
+    def __init__(self, cfg: DictConfig, collector: Collector) -> None:
+        self.config = cfg
+        self.collector = collector
+        self.device = resolve_device(cfg.model.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DsocrError(f"model.device={cfg.model.device}: CUDA is not available on this machine")
+        self.dtype = resolve_dtype(cfg.model.dtype, self.device)
+        self.max_new_tokens = parse_max_new_tokens(cfg.infer.max_new_tokens)
+        self._outputs: dict = {}
+
+    @cached_property
+    def adapter(self):
+        log.info("building %s/%s on %s (%s)", self.config.model.family, self.config.model.size,
+                 self.device, self.dtype)
+        return build_adapter(self.config, self.device, self.dtype)
+
+    @cached_property
+    def policy(self) -> DecodePolicy:
+        infer = self.config.infer
+        return DecodePolicy(
+            eos_token_id=self.adapter.eos_token_id, no_repeat_ngram_size=infer.no_repeat_ngram_size,
+            temperature=infer.temperature, top_p=infer.top_p, top_k=infer.top_k, seed=self.config.model.seed,
+        )
+
+    @cached_property
+    def engine(self) -> Engine:
+        from pytest_dsocr.parity import ENGAGED_MESSAGE
+
+        log.info(ENGAGED_MESSAGE)
+        return Engine(self.adapter, self.policy, self.max_new_tokens)
+
+    def outputs(self, stage: str):
+        """Prediction/visualization writers of ``pipeline.<stage>.output`` under <run>/<stage>/."""
+        if stage not in self._outputs:
+            from pytest_dsocr.outputs.writers import StageOutputs
+
+            stage_cfg = self.config.pipeline.get(stage)
+            output_cfg = stage_cfg.output if stage_cfg is not None else self.config.pipeline.direct_inference.output
+            self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg)
+        return self._outputs[stage]
+
+    def run(self, sample: Sample, *, stage: str = "direct_inference", hooks: ProfilingHooks = NO_HOOKS,
+            round_index: int = 0, measured: bool = True, instrument: bool = True) -> ImageRun:
+        return self.engine.run(sample, stage=stage, hooks=hooks, round_index=round_index,
+                               measured=measured, instrument=instrument)
+
+    def measure(self, sample: Sample, *, stage: str, hooks: ProfilingHooks = NO_HOOKS,
+                benchmark=None) -> list[ImageRun]:
+        """Warmup + measured rounds of one sample; records runs or raises SampleFailed."""
+        warmup, rounds = self.config.infer.warmup_rounds, self.config.infer.rounds
+        runs: list[ImageRun] = []
+        calls = itertools.count()
+
+        def one_round() -> None:
+            index = next(calls)
+            measured = index >= warmup
+            run = self.run(sample, stage=stage, hooks=hooks, measured=measured,
+                           round_index=index - warmup if measured else index)
+            if measured:
+                runs.append(run)
+
+        try:
+            if benchmark is not None and not getattr(benchmark, "disabled", False):
+                benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup, iterations=1)
+            else:
+                for _ in range(warmup + rounds):
+                    one_round()
+        except Exception as exc:  # one bad sample must not end the session
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            failure = SampleFailure(sample_id=sample.sample_id, image_path=str(sample.image_path),
+                                    epoch=sample.epoch, stage=stage, error=describe_error(exc),
+                                    error_type=type(exc).__name__)
+            self.collector.add_failure(failure)
+            raise SampleFailed(failure) from exc
+        self.collector.add_runs(runs)
+        self.outputs(stage).record(runs[-1], image=self.adapter.load(sample.image_path))
+        if benchmark is not None:
+            benchmark.extra_info.update(stage_extra_info(runs))
+        return runs
+
+
+def stage_extra_info(runs: list[ImageRun]) -> dict:
+    """Median per-stage timings of the measured rounds, for pytest-benchmark's extra_info."""
+    def median(values):
+        return round(statistics.median(values), 3)
+
+    info = {
+        "prefill_ms": median([r.prefill_ms for r in runs]),
+        "decode_ms": median([r.decode_ms for r in runs]),
+        "vision_ms": median([r.vision_ms for r in runs]),
+        "preprocess_ms": median([r.preprocess_ms for r in runs]),
+        "ttft_ms": median([r.ttft_ms for r in runs]),
+        "tokens": runs[-1].tokens,
+        "prefill_len": runs[-1].prefill_len,
+        "crop_grid": list(runs[-1].crop_grid),
+    }
+    for name in runs[-1].substage_ms:
+        info[f"{name}_ms"] = median([r.substage_ms.get(name, 0.0) for r in runs])
+    return info
