@@ -1,0 +1,141 @@
+"""What one inference asks of the model: views, crop count, tokens, decode steps, batch, dtype.
+
+Image-token arithmetic and crop-grid candidates are the preprocessing module's
+(:mod:`pytest_dsocr.models.deepseek_ocr.processing`), imported here in one place so the cost
+model counts exactly the tokens the session feeds the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pytest_dsocr.analytic.ops import ATTENTION_MODES, Number
+from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
+
+# Prompt tokens around the image tokens: BOS plus the tokens of "\n<|grounding|>Convert the
+# document to markdown." with the vendor tokenizer. The seed's sweeps use the same count
+# (context = image tokens + 10). Measured runs replace it with prefill_len - image_tokens.
+DEFAULT_TEXT_TOKENS = 10
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _layout():
+    """The preprocessing module's grid and token functions (single source of that arithmetic)."""
+    from pytest_dsocr.models.deepseek_ocr import processing
+
+    return processing
+
+
+def image_token_count(spec: DeepseekOCRSpec, base_size: int, image_size: int, grid: tuple[int, int]) -> int:
+    return _layout().image_token_count(spec, base_size, image_size, tuple(grid))
+
+
+def candidate_grids(max_crops: int) -> list[tuple[int, int]]:
+    """Every tile grid the vendor may choose with at most ``max_crops`` tiles, in its order."""
+    processing = _layout()
+    return processing.candidate_grids(processing.MIN_CROPS, max_crops)
+
+
+def crop_grid_for(
+    image_wh: tuple[int, int], base_size: int, image_size: int, crop_mode: bool, max_crops: int
+) -> tuple[int, int]:
+    return _layout().crop_grid_for(tuple(image_wh), base_size, image_size, crop_mode, max_crops)
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise DsocrError(f"dtype {dtype!r} has no byte size; use one of {sorted(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Sizes of one inference (or of many at once: any ``Number`` field may be a numpy array).
+
+    ``crops`` is the number of ``image_size`` tiles (``w*h``; 0 = global view only);
+    ``image_tokens`` includes the newline and view-separator tokens; ``decode_steps`` is the
+    number of decode forward passes (generated tokens - 1: the first token comes from prefill).
+    """
+
+    base_size: int = 1024
+    image_size: int = 640
+    crops: Number = 0
+    image_tokens: Number = 273
+    text_tokens: Number = DEFAULT_TEXT_TOKENS
+    decode_steps: Number = 0
+    batch: Number = 1
+    dtype_bytes: int = 2
+    attention: str = "flash"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise DsocrError(
+                f"static_analysis.attention={self.attention!r} is not one of {list(ATTENTION_MODES)}"
+            )
+
+    @property
+    def prefill_tokens(self) -> Number:
+        return self.image_tokens + self.text_tokens
+
+
+def workload_for_grid(
+    spec: DeepseekOCRSpec,
+    base_size: int,
+    image_size: int,
+    crop_grid: tuple[int, int],
+    *,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    decode_steps: int = 0,
+    batch: int = 1,
+    dtype_bytes: int = 2,
+    attention: str = "flash",
+) -> Workload:
+    """One inference of a page cut into ``crop_grid`` tiles (``(1, 1)``: global view only)."""
+    w, h = crop_grid
+    return Workload(
+        base_size=base_size,
+        image_size=image_size,
+        crops=0 if (w, h) == (1, 1) else w * h,
+        image_tokens=image_token_count(spec, base_size, image_size, (w, h)),
+        text_tokens=text_tokens,
+        decode_steps=decode_steps,
+        batch=batch,
+        dtype_bytes=dtype_bytes,
+        attention=attention,
+    )
+
+
+def workload_for_grids(
+    spec: DeepseekOCRSpec,
+    base_size: int,
+    image_size: int,
+    grids: Sequence[tuple[int, int]],
+    *,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    decode_steps: int = 0,
+    batch: int = 1,
+    dtype_bytes: int = 2,
+    attention: str = "flash",
+) -> Workload:
+    """The workloads of many grids as one :class:`Workload` of arrays (one sweep evaluation)."""
+    crops = np.array([0 if tuple(g) == (1, 1) else g[0] * g[1] for g in grids], dtype=np.int64)
+    tokens = np.array(
+        [image_token_count(spec, base_size, image_size, tuple(g)) for g in grids], dtype=np.int64
+    )
+    return Workload(
+        base_size=base_size,
+        image_size=image_size,
+        crops=crops,
+        image_tokens=tokens,
+        text_tokens=text_tokens,
+        decode_steps=decode_steps,
+        batch=batch,
+        dtype_bytes=dtype_bytes,
+        attention=attention,
+    )
