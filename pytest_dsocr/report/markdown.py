@@ -37,15 +37,19 @@ def cell(value: Any) -> str:
     return text.replace("|", "\\|")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
-    """A GitHub markdown table; columns from ``numeric_from`` on are right-aligned.
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1, align: str | None = None
+) -> str:
+    """A GitHub markdown table; columns from ``numeric_from`` on are right-aligned, unless
+    ``align`` spells every column ("lrrl").
 
     Cells that are not strings go through :func:`fmt`.
     """
-    aligns = ["---" if i < numeric_from else "---:" for i in range(len(headers))]
+    if align is None:
+        align = "l" * numeric_from + "r" * (len(headers) - numeric_from)
     lines = [
         "| " + " | ".join(cell(h) for h in headers) + " |",
-        "| " + " | ".join(aligns) + " |",
+        "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |",
     ]
     for row in rows:
         texts = [value if isinstance(value, str) else fmt(value) for value in row]

@@ -31,8 +31,8 @@ profiler overhead never leaks into the headline numbers):
 
 Top level besides: ``counts`` (warmup_rounds, rounds, samples, measured_runs, failed),
 ``error_rate`` (failed sample attempts / all attempts, an attempt being one sample of one
-epoch in one benchmark stage), ``memory`` (as measured by the caller, see
-:func:`peak_memory`), ``samples`` (every record's ``ImageRun.to_json()``), ``failures``,
+epoch in one benchmark stage), ``memory`` (peak memory as measured by the caller:
+``pytest_dsocr.env.peak_memory``), ``samples`` (every record's ``ImageRun.to_json()``), ``failures``,
 ``env``, ``config``, ``complete`` and ``reason`` (a run cut short says why), ``by_stage``
 (the aggregates of each benchmark stage when several contributed), ``by_worker`` (per
 worker/GPU rows and totals when several workers contributed), ``generated_at`` and any
@@ -41,10 +41,7 @@ extra ``sections`` (e.g. ``efficiency``).
 
 from __future__ import annotations
 
-import logging
 import os
-import resource
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,8 +50,6 @@ from typing import Any
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.io import atomic_write_json
 from pytest_dsocr.report.stats import Stats
-
-log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 METRICS_FILE = "metrics.json"
@@ -75,9 +70,6 @@ PREFILL, VISION, DECODE = "prefill", "vision", "decode"
 # Per-sample quantities besides the stage times, in the order reports list them.
 LATENCY_METRICS = ("ttft", "tpot", "e2e")
 MS_PER_S = 1000.0
-BYTES_PER_MIB = 1024 * 1024
-# ru_maxrss is in kibibytes on Linux and in bytes on macOS.
-RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
 CORE_KEYS = frozenset(
     {
@@ -105,6 +97,15 @@ def sample_metrics(sample: Mapping[str, Any]) -> dict[str, float]:
         values["tpot"] = float(sample["decode_ms"]) / (tokens - 1)
     values["e2e"] = float(sample["preprocess_ms"]) + values[PREFILL] + values[DECODE]
     return values
+
+
+def lookup(mapping: Any, path: Sequence[str]) -> Any:
+    """``mapping[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
 
 
 def primary_stage(stages: Iterable[str]) -> str | None:
@@ -222,25 +223,6 @@ def aggregate(samples: Sequence[Mapping[str, Any]], substages: Sequence[str] = (
         },
         "throughput": _throughput(samples),
     }
-
-
-def peak_memory(device: str = "cpu") -> dict[str, Any]:
-    """Peak memory of this process so far, in MiB: max RSS always, CUDA max allocated and
-    reserved (torch's caching allocator) when ``device`` is a CUDA device."""
-    memory: dict[str, Any] = {
-        "unit": "MiB",
-        "device": device,
-        "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_BYTES / BYTES_PER_MIB,
-    }
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            memory["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB
-            memory["cuda_max_reserved"] = torch.cuda.max_memory_reserved(device) / BYTES_PER_MIB
-        else:
-            log.info("peak_memory: %s requested but CUDA is not available; max RSS only", device)
-    return memory
 
 
 def _decode_rate(sample: Mapping[str, Any]) -> float | None:

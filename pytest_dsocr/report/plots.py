@@ -11,7 +11,6 @@ import io
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +30,24 @@ MIN_HEIGHT_IN = 2.5
 JITTER_WIDTH = 0.08  # horizontal spread of the per-sample dots around each box
 
 
-@dataclass(frozen=True)
-class PlotResult:
-    """PNG files written (name -> path relative to the run dir) or why none were."""
+def write_plots(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Per-stage time bars (mean, std error bars) and the per-sample latency distribution, as
+    PNGs under ``<run_dir>/plots/``.
 
-    files: dict[str, str] = field(default_factory=dict)
-    note: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``plots`` entry of metrics.json that the markdown renders."""
-        return {"files": dict(self.files), "note": self.note}
-
-
-def render_plots(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> PlotResult:
-    """Per-stage time bars (mean, std error bars) and the per-sample latency distribution,
-    as PNGs under ``<run_dir>/plots/``."""
+    Returns the ``plots`` entry of metrics.json that the markdown renders: ``{"files": {name:
+    path relative to the run dir}, "note": why some or all plots are missing, or None}``.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         log.info(MATPLOTLIB_MISSING_NOTE)
-        return PlotResult(note=MATPLOTLIB_MISSING_NOTE)
+        return {"files": {}, "note": MATPLOTLIB_MISSING_NOTE}
 
     stage_ms = (metrics.get("aggregates") or {}).get("stage_ms") or {}
     samples = primary_samples(metrics)
     if not stage_ms or not samples:
-        return PlotResult(note="Plots skipped: no run was measured.")
+        return {"files": {}, "note": "Plots skipped: no run was measured."}
     order = _stage_levels(stage_ms, metrics.get("stage_nesting") or {})
     files = {}
     for name, filename, draw in (
@@ -71,7 +62,7 @@ def render_plots(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) ->
         figure.savefig(buffer, format="png", dpi=DPI)
         atomic_write_bytes(Path(run_dir) / PLOTS_DIR / filename, buffer.getvalue())
         files[name] = f"{PLOTS_DIR}/{filename}"
-    return PlotResult(files=files)
+    return {"files": files, "note": None}
 
 
 def _stage_levels(stage_ms: Mapping[str, Any], nesting: Mapping[str, list[str]]) -> list[tuple[str, int, str]]:

@@ -23,7 +23,7 @@ from pytest_dsocr.report.markdown import (
     section,
     table,
 )
-from pytest_dsocr.report.metrics import DECODE, PREFILL, VISION, primary_samples
+from pytest_dsocr.report.metrics import DECODE, PREFILL, VISION, lookup, primary_samples
 
 SUMMARY_TITLE = "DeepSeek-OCR profile: stakeholder summary"
 REPORT_TITLE = "DeepSeek-OCR profile: full report"
@@ -57,6 +57,11 @@ THROUGHPUT_ROWS = (
     ("Total tokens/s (input + output)", "total_tokens_per_s"),
 )
 EFFICIENCY_FRACTIONS = ("mfu", "mbu")
+MEMORY_LABELS = {  # keys of pytest_dsocr.env.peak_memory
+    "cuda_max_allocated_mib": "CUDA max allocated",
+    "cuda_max_reserved_mib": "CUDA max reserved",
+    "max_rss_mib": "max RSS",
+}
 PLOT_TITLES = {
     "stage_times": "Per-stage timings",
     "latency_distribution": "Per-sample latency distribution",
@@ -149,7 +154,7 @@ def _aggregates(metrics: Mapping[str, Any]) -> str:
     aggregates = metrics.get("aggregates") or {}
     rows = []
     for label, path in AGGREGATE_ROWS:
-        stats = _dig(aggregates, path)
+        stats = lookup(aggregates, path)
         if stats and stats.get("count"):
             rows.append((label, stats["mean"], stats["std"], stats["p50"], stats["p90"], stats["p99"], stats["unit"]))
     parts = [
@@ -196,9 +201,11 @@ def _counts_line(metrics: Mapping[str, Any]) -> str:
 def _memory_line(memory: Mapping[str, Any] | None) -> str:
     if not memory:
         return ""
-    unit = memory.get("unit", "")
-    labels = (("cuda_max_allocated", "CUDA max allocated"), ("cuda_max_reserved", "CUDA max reserved"), ("max_rss", "max RSS"))
-    items = [f"{label} {fmt(memory[key], 1)} {unit}" for key, label in labels if memory.get(key) is not None]
+    items = [
+        f"{MEMORY_LABELS.get(key, key)} {fmt(value, 1)}{' MiB' if key.endswith('_mib') else ''}"
+        for key, value in memory.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
     return ("Peak memory: " + ", ".join(items) + ".") if items else ""
 
 
@@ -452,11 +459,3 @@ def _sample_rows(metrics: Mapping[str, Any]) -> str:
 
 def _ms(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _dig(mapping: Mapping[str, Any], path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
