@@ -173,10 +173,13 @@ def image_links(parsed: ParsedMarkup) -> dict[int, list[int]]:
     return links
 
 
-def clean_text(text_raw: str, strip_special_tokens: bool = False) -> str:
-    """The vendor's result.mmd text for ``text_raw`` (see the module docstring)."""
-    # sizes only affect pixel boxes, which cleaning does not use
-    parsed = parse_markup(text_raw, width=GRID_MAX, height=GRID_MAX)
+def clean_text(text_raw: str, strip_special_tokens: bool = False, parsed: ParsedMarkup | None = None) -> str:
+    """The vendor's result.mmd text for ``text_raw`` (see the module docstring).
+
+    ``parsed`` saves a second parse when the caller already has ``parse_markup(text_raw, ...)``.
+    """
+    if parsed is None:  # the page size only affects pixel boxes, which cleaning does not use
+        parsed = parse_markup(text_raw, width=GRID_MAX, height=GRID_MAX)
     links = image_links(parsed)
     replacements = [(s.start, s.end, _links_markdown(links[s.start]) if s.is_image else "") for s in parsed.spans]
     replacements += [(start, end, "") for start, end in parsed.invalid]

@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -131,7 +132,7 @@ class PredictionWriter:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "PredictionWriter":
+    def __enter__(self) -> PredictionWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -196,7 +197,7 @@ def postprocess_vendor_markup(
         atomic_save_image(out_dir / name, crop, format="JPEG")
         crops.append(name)
     atomic_save_image(out_dir / RESULT_IMAGE, draw_boxes(page, parsed.spans, thumbnail_width), format="JPEG")
-    text_clean = clean_text(text_raw, strip_special_tokens)
+    text_clean = clean_text(text_raw, strip_special_tokens, parsed)
     atomic_write_text(out_dir / RESULT_MMD, text_clean)
     info = {
         "source_image": os.path.abspath(os.fspath(image_path)),
@@ -275,7 +276,7 @@ class StageOutputs:
         if self._predictions is not None:
             self._predictions.close()
 
-    def __enter__(self) -> "StageOutputs":
+    def __enter__(self) -> StageOutputs:
         return self
 
     def __exit__(self, *exc: object) -> None:
