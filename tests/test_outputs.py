@@ -299,3 +299,20 @@ def test_bad_output_values_name_the_key(tmp_path, changes, key):
     prefix = "pipeline.direct_inference.output"
     with pytest.raises(DsocrError, match=rf"^{prefix}\..*{key}"):
         StageOutputs(tmp_path, output_config(**changes), key_prefix=prefix)
+
+
+def test_image_loader_is_called_only_when_visualizing(tmp_path):
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return Image.new("RGB", (10, 10), (255, 255, 255))
+
+    cfg = output_config(extra={"deepseek_ocr": {"visualization": {"max_images": 1}}})
+    outputs = StageOutputs(tmp_path, cfg)
+    for name in ("a.png", "a.png", "b.png"):
+        outputs.record(make_run(tmp_path / name, "x"), image=loader)
+    assert len(calls) == 1
+    disabled = StageOutputs(tmp_path / "off", output_config(visualization={"enable": False}))
+    disabled.record(make_run(tmp_path / "a.png", "x"), image=loader)
+    assert len(calls) == 1

@@ -248,8 +248,14 @@ class StageOutputs:
         path = Path(save_dir).expanduser()
         return path if path.is_absolute() else self.stage_dir / path
 
-    def record(self, run: ImageRun, image: Image.Image | None = None) -> Path | None:
-        """Write ``run``'s outputs; returns the visualization folder written now, if any."""
+    def record(
+        self, run: ImageRun, image: Image.Image | Callable[[], Image.Image] | None = None
+    ) -> Path | None:
+        """Write ``run``'s outputs; returns the visualization folder written now, if any.
+
+        ``image`` is the page the model saw, or a function returning it, called only when a
+        visualization is written (most records write none); None loads ``run.image_path``.
+        """
         if self._predictions is not None:
             self._predictions.write(prediction_record(run, self.strip_special_tokens))
         if self.viz_root is None:
@@ -260,6 +266,8 @@ class StageOutputs:
         if self.max_images is not None and len(self._visualized) >= self.max_images:
             return None
         out_dir = viz_dir_for(run.image_path, self.viz_root)
+        if callable(image):
+            image = image()
         postprocess_vendor_markup(
             run.text_raw,
             run.image_path,
