@@ -90,6 +90,14 @@ def render_report(metrics: dict, extra_sections: Sequence[tuple[str, str]] = ())
     return "\n".join(parts)
 
 
+def render_terminal_summary(metrics: dict) -> str:
+    """A few lines for pytest's terminal summary: status, per-stage timings, takeaways."""
+    stage_ms = (metrics.get("aggregates") or {}).get("stage_ms") or {}
+    return "\n".join(
+        [_status(metrics), _stage_timings(stage_ms, metrics), "", _takeaways(metrics)]
+    )
+
+
 def _core_sections(metrics: Mapping[str, Any]) -> list[str]:
     aggregates = metrics.get("aggregates") or {}
     stage_ms = aggregates.get("stage_ms") or {}
@@ -158,7 +166,7 @@ def _aggregates(metrics: Mapping[str, Any]) -> str:
         if stats and stats.get("count"):
             rows.append((label, stats["mean"], stats["std"], stats["p50"], stats["p90"], stats["p99"], stats["unit"]))
     parts = [
-        table(("Metric", "Mean", "Std", "p50", "p90", "p99", "Unit"), rows)
+        table(("Metric", "Mean", "Std", "p50", "p90", "p99", "Unit"), rows, align="lrrrrrl")
         if rows
         else "No run was measured."
     ]
@@ -309,16 +317,20 @@ def _takeaways(metrics: Mapping[str, Any]) -> str:
             f"End to end: {fmt(throughput['pages_per_s'], RATE_DIGITS)} pages/s, "
             f"TTFT p50 {fmt(ttft.get('p50'))} ms."
         )
-    for name in _stage_order(stage_ms, metrics):
-        stats = stage_ms[name]
-        if stats.get("count", 0) > 1 and stats.get("mean") and stats["std"] / stats["mean"] > HIGH_SPREAD_CV:
-            lines.append(
-                f"{name} varies widely between runs (std {pct(stats['std'] / stats['mean'], 0)}% of the mean): "
-                "look at the per-sample rows before trusting its mean."
-            )
+    spread = [
+        f"{name} {pct(stats['std'] / stats['mean'], 0)}%"
+        for name in _stage_order(stage_ms, metrics)
+        for stats in (stage_ms[name],)
+        if stats.get("count", 0) > 1 and stats.get("mean") and stats["std"] / stats["mean"] > HIGH_SPREAD_CV
+    ]
+    if spread:
+        lines.append(
+            f"Times vary widely between runs (std as % of the mean: {', '.join(spread)}): pages differ in "
+            "crop grid and output length, so read the medians and the per-sample rows, not the means alone."
+        )
     failed = (metrics.get("counts") or {}).get("failed") or 0
     if failed:
-        lines.append(f"{failed} sample run(s) failed; see Failures.")
+        lines.append(f"{failed} sample run(s) failed (listed under Failures in the summary).")
     return "\n".join(f"- {line}" for line in lines) if lines else "No run was measured."
 
 
@@ -417,7 +429,9 @@ def _all_stats(aggregates: Mapping[str, Any]) -> str:
     for name, stats in _flatten_stats(aggregates):
         rows.append((name, *(stats.get(col) for col in STAT_COLUMNS)))
     headers = ("Quantity", "n", "Mean", "Std", "Min", "p50", "p90", "p95", "p99", "Max", "CI low", "CI high", "Unit")
-    return table(headers, rows) + "\n\nCI: bootstrap confidence interval of the mean." if rows else "No run was measured."
+    if not rows:
+        return "No run was measured."
+    return table(headers, rows, align="l" + "r" * (len(headers) - 2) + "l") + "\n\nCI: bootstrap confidence interval of the mean."
 
 
 def _flatten_stats(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
@@ -454,7 +468,8 @@ def _sample_rows(metrics: Mapping[str, Any]) -> str:
         )
     main = len(primary_samples(metrics))
     note = f"Times in ms. {len(samples)} runs, {main} of them in the aggregated stage."
-    return table(headers, rows, numeric_from=5) + "\n\n" + note
+    align = "l" * 5 + "r" * (len(headers) - 7) + "ll"  # Grid and Finish are words
+    return table(headers, rows, align=align) + "\n\n" + note
 
 
 def _ms(value: Any) -> float | None:

@@ -1,0 +1,182 @@
+"""stakeholder_summary.md and report.md: golden tables, measured stages only, plots optional."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from report_factory import image_run, make_metrics
+
+from pytest_dsocr.records import SampleFailure
+from pytest_dsocr.report.plots import MATPLOTLIB_MISSING_NOTE, write_plots
+from pytest_dsocr.report.summary import (
+    NESTING_NOTE,
+    render_report,
+    render_stakeholder_summary,
+    render_terminal_summary,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+# Set to rewrite the golden files after a deliberate change of the markdown, then review the diff.
+UPDATE_GOLDEN = os.environ.get("DSOCR_UPDATE_GOLDEN") == "1"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# (prefill, vision, sam, clip, projector, decode, tokens) of four pages, chosen by hand so
+# the golden files never depend on a random stream.
+PAGES = [
+    (120.0, 70.0, 36.0, 30.0, 1.5, 410.0, 41),
+    (95.5, 52.25, 27.0, 22.0, 1.25, 330.0, 33),
+    (180.0, 110.0, 60.0, 44.0, 2.0, 905.0, 91),
+    (101.0, 55.0, 28.5, 23.0, 1.0, 296.0, 30),
+]
+
+
+def golden_metrics() -> dict:
+    runs = [
+        image_run(i, prefill_ms=p, vision_ms=v, decode_ms=d, tokens=t, preprocess_ms=4.0 + i,
+                  substage_ms={"sam": s, "clip": c, "projector": j})
+        for i, (p, v, s, c, j, d, t) in enumerate(PAGES)
+    ]
+    failure = SampleFailure("page_009", "/data/page_009.png", 0, "direct_inference",
+                            "/data/page_009.png: cannot identify image file", "DsocrError")
+    metrics = make_metrics(
+        runs, [failure], memory={"max_rss_mib": 2048.5},
+        sections={"efficiency": {"hardware": "cpu (no peak table)", "stages": {
+            "prefill": {"mfu": 0.125, "mbu": 0.05, "tflops": 1.5},
+            "decode": {"mfu": 0.01, "mbu": 0.4, "tflops": 0.12},
+        }}},
+    )
+    metrics["generated_at"] = "2026-01-01T00:00:00+00:00"
+    metrics["plots"] = {"files": {"stage_times": "plots/stage_times.png",
+                                  "latency_distribution": "plots/latency_distribution.png"}, "note": None}
+    return metrics
+
+
+def pin_intervals(metrics: dict) -> dict:
+    """Bootstrap bounds come from numpy's Generator, whose stream may change between numpy
+    releases: the report golden pins the rendering, so it pins these numbers too."""
+    def walk(node):
+        if isinstance(node, dict):
+            if "ci_low" in node and node.get("mean") is not None:
+                node["ci_low"], node["ci_high"] = node["mean"] - 1.0, node["mean"] + 1.0
+            for value in node.values():
+                walk(value)
+    walk(metrics)
+    return metrics
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE_GOLDEN:
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{name} changed: rerun with DSOCR_UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_stakeholder_summary_golden():
+    check_golden("stakeholder_summary.md", render_stakeholder_summary(golden_metrics(), [("Notes", "Extra section body.")]))
+
+
+def test_report_golden():
+    check_golden("report.md", render_report(pin_intervals(golden_metrics())))
+
+
+def test_summary_sections_in_order():
+    text = render_stakeholder_summary(golden_metrics())
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Environment", "## Aggregates", "## Per-Stage Timings (ms)", "## Stage Share (%)",
+        "## Stage Takeaways", "## Efficiency (MFU/MBU)", "## Failures", "## Plots",
+    ]
+    assert "| Stage | Mean | Std | p50 | p90 |" in text
+    assert NESTING_NOTE.split(":")[0] in text
+
+
+def test_shares_and_takeaways_follow_the_numbers():
+    text = render_stakeholder_summary(golden_metrics())
+    prefill = sum(p[0] for p in PAGES) / 4
+    decode = sum(p[5] for p in PAGES) / 4
+    assert f"| prefill | {prefill:.2f} | {prefill / (prefill + decode) * 100:.1f} |" in text
+    assert f"| decode | {decode:.2f} | {decode / (prefill + decode) * 100:.1f} |" in text
+    sam = sum(p[2] for p in PAGES) / 4
+    assert f"| sam | {sam:.2f} | {sam / prefill * 100:.1f} |" in text
+    assert "The largest stage is decode" in text
+    assert "Within prefill, sam dominates the measured sub-stages" in text
+
+    prefill_heavy = make_metrics([image_run(0, prefill_ms=900.0, decode_ms=100.0)])
+    assert "The largest stage is prefill" in render_stakeholder_summary(prefill_heavy)
+
+
+def test_unmeasured_stages_have_no_rows():
+    text = render_stakeholder_summary(make_metrics([image_run(0, substage_ms={})]))
+    assert "| vision |" in text
+    for name in ("sam", "clip", "projector"):
+        assert f"| {name} |" not in text
+    assert "Prefill level, share of prefill:" in text  # vision alone is the measured part of prefill
+
+
+def test_v2_substages_get_their_own_rows():
+    metrics = make_metrics([image_run(0, substage_ms={"sam": 30.0, "encoder": 20.0, "projector": 1.0})])
+    text = render_stakeholder_summary(metrics)
+    assert "| encoder |" in text and "| clip |" not in text
+
+
+def test_optional_sections_only_when_present():
+    text = render_stakeholder_summary(make_metrics([image_run(0)]))
+    for heading in ("## Efficiency", "## Failures", "## Plots", "## Workers", "## Benchmark Stages"):
+        assert heading not in text
+
+
+def test_workers_and_benchmark_stages():
+    runs = [image_run(0, worker="gw0"), image_run(1, worker="gw1"), image_run(0, stage="torch_profiler")]
+    text = render_stakeholder_summary(make_metrics(runs))
+    assert "## Workers" in text and "| total (2 workers) |" in text
+    assert "## Benchmark Stages" in text and "| torch_profiler | 1 |" in text
+
+
+def test_incomplete_run_is_flagged():
+    text = render_stakeholder_summary(make_metrics([image_run(0)], complete=False, reason="stopped after 1 failure"))
+    assert "**Run incomplete** (stopped after 1 failure)" in text
+
+
+def test_empty_run_renders_without_numbers():
+    text = render_stakeholder_summary(make_metrics([]))
+    assert "No run was measured." in text and "No stage was measured." in text
+
+
+def test_report_has_per_sample_rows():
+    metrics = golden_metrics()
+    text = render_report(metrics)
+    assert "## Per-Sample Rows" in text
+    for sample in metrics["samples"]:
+        assert f"| {sample['sample_id']} |" in text
+
+
+def test_terminal_summary():
+    text = render_terminal_summary(golden_metrics())
+    assert "| prefill |" in text and "The largest stage is decode" in text
+
+
+def test_plots_written_and_linked(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    metrics = golden_metrics()
+    plots = write_plots(metrics, tmp_path)
+    assert plots["note"] is None
+    assert set(plots["files"]) == {"stage_times", "latency_distribution"}
+    for relative in plots["files"].values():
+        assert (tmp_path / relative).read_bytes().startswith(PNG_SIGNATURE)
+    metrics["plots"] = plots
+    assert "![Per-stage timings](plots/stage_times.png)" in render_stakeholder_summary(metrics)
+
+
+def test_plots_skipped_with_a_note_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    metrics = golden_metrics()
+    plots = write_plots(metrics, tmp_path)
+    assert plots == {"files": {}, "note": MATPLOTLIB_MISSING_NOTE}
+    assert not (tmp_path / "plots").exists()
+    metrics["plots"] = plots
+    assert MATPLOTLIB_MISSING_NOTE in render_stakeholder_summary(metrics)
