@@ -69,10 +69,10 @@ def noisy_runs(
     rng = np.random.default_rng(seed)
     runs = []
     for index in range(count):
-        size = 1 + index % PAGE_SPREAD if pages else 1
+        scale = (1 + index % PAGE_SPREAD if pages else 1) * factor
 
-        def ms(base: float) -> float:
-            return float(base * size * factor * (1.0 + noise * rng.standard_normal()))
+        def ms(base: float, scale: float = scale) -> float:
+            return float(base * scale * (1.0 + noise * rng.standard_normal()))
 
         runs.append(
             image_run(

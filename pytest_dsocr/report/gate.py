@@ -308,8 +308,8 @@ def write_regression_report(run_dir: str | os.PathLike[str], result: GateResult)
 
 def _judge(
     stage: str,
-    base_pages: Mapping[str, list[float]],
-    current_pages: Mapping[str, list[float]],
+    base_pages: Mapping[str | None, list[float]],
+    current_pages: Mapping[str | None, list[float]],
     *,
     threshold: float,
     alpha: float,
@@ -332,7 +332,7 @@ def _judge(
     paired = {
         key: (float(np.median(base_pages[key])), float(np.median(current_pages[key])))
         for key in base_pages
-        if key in current_pages and min(base_pages[key]) > 0 and min(current_pages[key]) > 0
+        if key is not None and key in current_pages and min(base_pages[key]) > 0 and min(current_pages[key]) > 0
     }
     if len(paired) >= min_samples and _smallest_p_paired(len(paired)) < alpha:
         log_ratios = np.log([after / before for before, after in paired.values()])
@@ -398,14 +398,14 @@ def _common_stages(baseline: Mapping[str, Any], current: Mapping[str, Any], valu
     return common + [m for m in LATENCY_METRICS if m in values]
 
 
-def _values_by_page(metrics: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
+def _values_by_page(metrics: Mapping[str, Any]) -> dict[str, dict[str | None, list[float]]]:
     """stage -> page key -> that page's values (one per round and epoch).
 
     A page key is the sample id and prompt length: the same file under another config has
     another prompt length and never pairs. A metrics.json written without samples falls back
-    to the raw Stats values of each stage, unpaired (one key per value).
+    to the raw Stats values of each stage under the key None, which never pairs.
     """
-    grouped: dict[str, dict[str, list[float]]] = {}
+    grouped: dict[str, dict[str | None, list[float]]] = {}
     samples = primary_samples(metrics)
     for sample in samples:
         key = f"{sample['sample_id']}#{sample.get('prefill_len')}"
@@ -417,7 +417,7 @@ def _values_by_page(metrics: Mapping[str, Any]) -> dict[str, dict[str, list[floa
         for stage, stats in named.items():
             values = (stats or {}).get("values") or []
             if values:
-                grouped[stage] = {f"value{i}": [float(v)] for i, v in enumerate(values)}
+                grouped[stage] = {None: [float(v) for v in values]}
     return grouped
 
 

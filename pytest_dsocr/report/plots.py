@@ -92,7 +92,7 @@ def _draw_stage_times(figure: Any, order: list[tuple[str, int, str]], stage_ms: 
     axes.invert_yaxis()
     axes.set_xlabel("time per run (ms): mean, error bars = 1 std")
     axes.set_title(f"Per-stage timings ({stage_ms[order[0][0]]['count']} runs; 'a › b': b is part of a)")
-    for position, mean in zip(positions, means):
+    for position, mean in zip(positions, means, strict=True):
         axes.annotate(f"{mean:.1f}", (mean, position), xytext=(4, 4), textcoords="offset points", fontsize=8)
 
 
@@ -112,7 +112,7 @@ def _draw_latency(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapp
     columns = [[values[name] for values in per_sample if name in values] for name in names]
     positions = list(range(1, len(names) + 1))
     axes.boxplot(columns, positions=positions, widths=0.5, showfliers=False, **_horizontal())
-    for position, column in zip(positions, columns):
+    for position, column in zip(positions, columns, strict=True):
         count = len(column)
         offsets = [JITTER_WIDTH * ((i / (count - 1)) * 2 - 1) if count > 1 else 0.0 for i in range(count)]
         axes.scatter(column, [position + o for o in offsets], s=10, alpha=0.6, color="C1")

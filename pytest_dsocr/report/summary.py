@@ -378,7 +378,8 @@ def _by_stage(by_stage: Mapping[str, Any]) -> str:
         "Each benchmark stage is aggregated on its own (a profiler's overhead never mixes into "
         "another stage's numbers); the aggregates above come from one of them."
     )
-    return table(("Benchmark stage", "Runs", "Prefill p50 (ms)", "Decode p50 (ms)", "E2E p50 (ms)", "Pages/s"), rows) + "\n\n" + note
+    headers = ("Benchmark stage", "Runs", "Prefill p50 (ms)", "Decode p50 (ms)", "E2E p50 (ms)", "Pages/s")
+    return table(headers, rows) + "\n\n" + note
 
 
 def _by_worker(by_worker: Mapping[str, Any]) -> str:
