@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+# Decode sweep defaults: every power of two of generated tokens up to 4096, against contexts at
+# every multiple of CONTEXT_STEP up to the decoder's position limit.
+DEFAULT_DECODE_STEPS = [2**i for i in range(13)]
+CONTEXT_STEP = 128
+
 
 @dataclass
 class StaticAnalysisConfig:
@@ -22,9 +27,9 @@ class SweepConfig:
     attention: str = "flash"  # eager | flash
     max_crops: Optional[int] = None  # largest tile count of the crop-grid sweeps; None = model.max_crops
     text_tokens: int = 10  # prompt tokens besides image tokens in the vision+prefill sweep
-    # decode sweep: context lengths (tokens already in the KV cache) x decode step counts;
-    # None = every multiple of 128 up to the decoder's max_position_embeddings
+    # decode sweep: context lengths (tokens already in the KV cache) x decode step counts, pairs
+    # past the decoder's max_position_embeddings dropped; None = every multiple of CONTEXT_STEP
     context_lengths: Optional[List[int]] = None
-    decode_steps: List[int] = field(default_factory=lambda: [1, 16, 64, 256, 1024, 4096])
+    decode_steps: List[int] = field(default_factory=lambda: list(DEFAULT_DECODE_STEPS))
     batch_size: int = 1
     plots: bool = True  # PNG per sweep when matplotlib is installed (the CSV is always written)

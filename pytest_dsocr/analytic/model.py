@@ -368,6 +368,11 @@ class DeepseekOCRCostModel:
         self.clip = ClipCost(spec.clip)
         self.projector = ProjectorCost(spec.projector)
         self.decoder = DecoderCost(spec.text)
+        # Workload-independent parts of evaluations, filled on first use (what reuse saves):
+        # (view size, mode, dtype bytes) -> (sam, clip, projector) as (at batch 0, per view)
+        self._views: dict[tuple, tuple[tuple[Cost, Cost], ...]] = {}
+        # (batch, mode, dtype bytes) -> decode step cost as (at context 0, per context token)
+        self._steps: dict[tuple, tuple[Cost, Cost]] = {}
 
     @property
     def params(self) -> int:
@@ -386,20 +391,34 @@ class DeepseekOCRCostModel:
             "lm_head": self.decoder.lm_head_params,
         }
 
+    def views(self, size: int, batch: Number, mode: str, nbytes: int) -> tuple[Cost, Cost, Cost]:
+        """SAM, CLIP and projector costs of one encoder call on ``batch`` views of ``size`` px.
+
+        A call is affine in its batch (weights read once, everything else per view), so each
+        view size is evaluated once, at batch 0 and 1, and any batch is ``at0 + batch * per_view``:
+        exact, integer arithmetic.
+        """
+        key = (size, mode, nbytes)
+        parts = self._views.get(key)
+        if parts is None:
+            q = self.sam.out_side(size)
+
+            def call(b: int) -> tuple[Cost, Cost, Cost]:
+                return (self.sam.forward(size, b, mode, nbytes), self.clip.forward(q, b, mode, nbytes),
+                        self.projector.forward(q, b, nbytes))
+
+            parts = self._views[key] = tuple((at0, at1 - at0) for at0, at1 in zip(call(0), call(1)))
+        return tuple(at0 + per_view * batch for at0, per_view in parts)
+
     def vision(self, wl) -> dict[str, Cost]:
         """SAM, CLIP and projector over the global view (batch ``wl.batch``) and, when there are
         crops, over all tiles in one more call (batch ``wl.batch * wl.crops``), as the vendor runs
         them; each call reads the weights once."""
         mode, nb = wl.attention, wl.dtype_bytes
         present = _present(wl.crops)
-        crop_batch = wl.batch * wl.crops
-        q_global, q_crop = self.sam.out_side(wl.base_size), self.sam.out_side(wl.image_size)
-        sam = self.sam.forward(wl.base_size, wl.batch, mode, nb) + (
-            self.sam.forward(wl.image_size, crop_batch, mode, nb) * present)
-        clip = self.clip.forward(q_global, wl.batch, mode, nb) + (
-            self.clip.forward(q_crop, crop_batch, mode, nb) * present)
-        projector = self.projector.forward(q_global, wl.batch, nb) + (
-            self.projector.forward(q_crop, crop_batch, nb) * present)
+        global_view = self.views(wl.base_size, wl.batch, mode, nb)
+        crops = self.views(wl.image_size, wl.batch * wl.crops, mode, nb)
+        sam, clip, projector = (g + c * present for g, c in zip(global_view, crops))
         return {"sam": sam, "clip": clip, "projector": projector, "vision": sam + clip + projector}
 
     def prefill(self, wl) -> Cost:
@@ -408,21 +427,36 @@ class DeepseekOCRCostModel:
         return self.decoder.forward(wl.batch, tokens, tokens, wl.attention, wl.dtype_bytes) + (
             self.decoder.lm_head(wl.batch, wl.dtype_bytes))
 
+    def _step_terms(self, batch: Number, attention: str, dtype_bytes: int) -> tuple[Cost, Cost]:
+        """A decode step's cost is affine in its context (attention and KV reads grow linearly,
+        the rest is constant): returns (cost at context 0, cost per context token), computed once
+        per (batch, mode, dtype) when batch is a plain int."""
+        key = (batch, attention, dtype_bytes) if isinstance(batch, (int, np.integer)) else None
+        terms = self._steps.get(key) if key is not None else None
+        if terms is None:
+            def step(context: int) -> Cost:
+                return self.decoder.forward(batch, 1, context, attention, dtype_bytes) + (
+                    self.decoder.lm_head(batch, dtype_bytes))
+
+            at0 = step(0)
+            terms = (at0, step(1) - at0)
+            if key is not None:
+                self._steps[key] = terms
+        return terms
+
     def decode_step(self, context: Number, batch: Number, attention: str, dtype_bytes: int) -> Cost:
         """One decode step whose new token attends to ``context`` positions (itself included)."""
-        return self.decoder.forward(batch, 1, context, attention, dtype_bytes) + (
-            self.decoder.lm_head(batch, dtype_bytes))
+        at0, per_token = self._step_terms(batch, attention, dtype_bytes)
+        return at0 + per_token * context
 
     def decode(self, prefill_tokens: Number, steps: Number, batch: Number, attention: str,
                dtype_bytes: int) -> Cost:
         """Sum of ``steps`` decode steps after a prompt of ``prefill_tokens``: step i attends to
-        ``prefill_tokens + i`` positions. A step's cost is affine in its context (attention and KV
-        reads grow linearly, the rest is constant), so the sum is closed-form and exact:
-        ``n*a + b*(n*P + n(n+1)/2)`` with ``a = step(0)`` and ``b = step(1) - step(0)``."""
-        a = self.decode_step(0, batch, attention, dtype_bytes)
-        b = self.decode_step(1, batch, attention, dtype_bytes) - a
+        ``prefill_tokens + i`` positions, so the sum is closed-form and exact:
+        ``n*a + b*(n*P + n(n+1)/2)`` with ``a`` the cost at context 0 and ``b`` per context token."""
+        at0, per_token = self._step_terms(batch, attention, dtype_bytes)
         n = steps
-        return a * n + b * (n * prefill_tokens + n * (n + 1) // 2)
+        return at0 * n + per_token * (n * prefill_tokens + n * (n + 1) // 2)
 
     def stages(self, wl) -> dict[str, "StageCost"]:
         """Every stage of :data:`STAGES` for one workload (fields are arrays for array workloads).

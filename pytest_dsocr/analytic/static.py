@@ -1,0 +1,317 @@
+"""The static_analysis stage: analytic costs of the configured model, FLOP-count cross-check,
+floor times on the chosen GPU and MFU/MBU of the session's measured runs.
+
+Writes ``static_compute.json`` and ``static_compute.md`` into the stage folder and returns the
+sections the stage adds to metrics.json and the stakeholder summary. The workload is the measured
+one where runs exist (most common crop grid, their prompt length and generated tokens), else the
+config's, else a reference page's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from pytest_dsocr.analytic import efficiency as eff
+from pytest_dsocr.analytic.model import STAGES, DeepseekOCRCostModel
+from pytest_dsocr.analytic.workload import (
+    DEFAULT_TEXT_TOKENS,
+    Workload,
+    crop_grid_for,
+    dtype_bytes,
+    workload_for_grid,
+)
+from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.hardware import HardwareChoice, select_hardware
+from pytest_dsocr.models.deepseek_ocr.spec import SPECS
+from pytest_dsocr.report.io import atomic_write_text, json_safe
+
+log = logging.getLogger(__name__)
+
+STAGE_DIR = "static_analysis"
+JSON_FILE = "static_compute.json"
+MARKDOWN_FILE = "static_compute.md"
+SUPPORTED_FAMILY = "deepseek_ocr"
+# The page whose crop grid is assumed when neither the config nor a measured run gives one:
+# A4 portrait scanned at 150 dpi (its 2 x 3 grid is the commonest for document pages).
+REFERENCE_PAGE = (1240, 1754)
+# The FLOP count runs the module code on the meta device: no memory, no time. MoE experts use
+# transformers' batched_mm there (the eager loop needs data: nonzero); it does the same matmuls.
+COUNT_DEVICE = "meta"
+COUNT_EXPERTS = "batched_mm"
+CROSSCHECK_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class StaticAnalysisResult:
+    report: dict  # what static_compute.json holds
+    markdown: str  # what static_compute.md holds
+    efficiency: dict  # the metrics.json "efficiency" section
+    efficiency_markdown: str  # the "Efficiency" block of the stakeholder summary
+    summary_markdown: str  # the "Static Analysis" block of the stakeholder summary
+    paths: tuple[Path, ...]
+
+
+def _cfg(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for key in dotted.split("."):
+        try:
+            node = node[key]
+        except (KeyError, TypeError, AttributeError):
+            return default
+        if node is None:
+            return default
+    return node
+
+
+def _resolve_dtype(name: str, on_cuda: bool) -> str:
+    """``auto`` is bfloat16 on a GPU and float32 on the CPU, as the session resolves it."""
+    if name == "auto":
+        return "bfloat16" if on_cuda else "float32"
+    return name
+
+
+def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured], Optional[dict]]:
+    """Measured runs: from ``static_analysis.metrics`` when set, else this session's
+    direct_inference records. Also returns the metrics file's ``env`` (None for the session)."""
+    path = _cfg(cfg, "static_analysis.metrics")
+    if path:
+        from pytest_dsocr.report.metrics import primary_samples
+
+        file = Path(path)
+        try:
+            metrics = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DsocrError(f"static_analysis.metrics={path!r}: cannot read a metrics.json there ({exc})") from None
+        try:
+            runs = [eff.Measured.from_sample(s) for s in primary_samples(metrics)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DsocrError(f"static_analysis.metrics={path!r}: a sample lacks {exc}") from None
+        return runs, dict(metrics.get("env") or {})
+    return [eff.Measured.from_run(r) for r in records if r.stage == eff.MEASURED_RUN_STAGE], None
+
+
+def choose_hardware(cfg: Any, file_env: Optional[dict]) -> HardwareChoice:
+    """``hardware.name`` when set; else the GPU a given metrics.json ran on; else this machine's."""
+    name = _cfg(cfg, "hardware.name")
+    if name or file_env is None:
+        return select_hardware(name)
+    on_cuda = str(file_env.get("device", "")).startswith("cuda")
+    return select_hardware(None, file_env.get("device_name") if on_cuda else None)
+
+
+def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str) -> tuple[Workload, tuple[int, int], dict]:
+    """The workload the report describes, its crop grid, and where each number came from."""
+    spec = SPECS[cfg.model.size]
+    base, image = int(cfg.model.base_size), int(cfg.model.image_size)
+    crop_mode, max_crops = bool(cfg.model.crop_mode), int(_cfg(cfg, "model.max_crops", 9))
+    sa = "static_analysis"
+    sources = {}
+    grid = _cfg(cfg, f"{sa}.crop_grid")
+    if grid is not None:
+        grid, sources["crop_grid"] = tuple(int(g) for g in grid), "config"
+        if len(grid) != 2 or min(grid) < 1:
+            raise DsocrError(f"static_analysis.crop_grid={list(grid)} must be [w, h] with w, h >= 1")
+    elif runs:
+        grid, sources["crop_grid"] = Counter(m.crop_grid for m in runs).most_common(1)[0][0], "measured (most common)"
+    else:
+        grid = crop_grid_for(REFERENCE_PAGE, base, image, crop_mode, max_crops)
+        sources["crop_grid"] = f"reference page {REFERENCE_PAGE[0]}x{REFERENCE_PAGE[1]}"
+    text = _cfg(cfg, f"{sa}.text_tokens")
+    if text is not None:
+        sources["text_tokens"] = "config"
+    elif runs:
+        text = round(sum(m.prefill_len - m.image_tokens for m in runs) / len(runs))
+        sources["text_tokens"] = "measured (mean)"
+    else:
+        text, sources["text_tokens"] = DEFAULT_TEXT_TOKENS, "default"
+    wl = workload_for_grid(spec, base, image, grid, text_tokens=int(text),
+                           batch=int(_cfg(cfg, f"{sa}.batch_size", 1)), dtype_bytes=dtype_bytes(dtype),
+                           attention=str(_cfg(cfg, f"{sa}.attention", "flash")))
+    steps = _cfg(cfg, f"{sa}.decode_steps")
+    room = spec.text.max_position_embeddings - int(wl.prefill_tokens)
+    if steps is not None:
+        sources["decode_steps"] = "config"
+    elif runs:
+        steps = round(sum(max(m.tokens - 1, 0) for m in runs) / len(runs))
+        sources["decode_steps"] = "measured (mean)"
+    else:
+        max_new = _cfg(cfg, "infer.max_new_tokens")
+        steps = min(int(max_new) - 1, room) if isinstance(max_new, int) else room
+        sources["decode_steps"] = f"infer.max_new_tokens={max_new}"
+    return Workload(**{**wl.__dict__, "decode_steps": max(int(steps), 0)}), grid, sources
+
+
+def _flop_count(cfg: Any, model: DeepseekOCRCostModel, wl: Workload) -> dict:
+    from pytest_dsocr.analytic.crosscheck import crosscheck, module_params
+    from pytest_dsocr.models import build_model
+
+    module = build_model(cfg.model.family, cfg.model.size, device=COUNT_DEVICE,
+                         experts_implementation=COUNT_EXPERTS)
+    rows = crosscheck(module, model, wl)
+    return {
+        "device": COUNT_DEVICE,
+        "module_params": module_params(module),
+        "analytic_params": model.params,
+        "stages": [row.to_json() for row in rows],
+        "within_tolerance": all(abs(row.ratio - 1) <= CROSSCHECK_TOLERANCE for row in rows)
+        and module_params(module) == model.params,
+    }
+
+
+def _stage_rows(model: DeepseekOCRCostModel, wl: Workload, choice: HardwareChoice, dtype: str) -> dict:
+    rows = {}
+    for name, stage in model.stages(wl).items():
+        row = stage.to_json()
+        hw = choice.hardware
+        if hw is not None:
+            row["floor_ms"] = float(eff.floor_seconds(row["flops"], row["bytes"], hw, dtype)) / eff.MS
+            row["bound"] = eff.bound(row["flops"], row["bytes"], hw, dtype)
+        rows[name] = row
+    return rows
+
+
+def _layers_json(model: DeepseekOCRCostModel, wl: Workload) -> dict:
+    return {
+        part: [{"layer": layer.name, "count": layer.count, "params_each": layer.params,
+                **{k: int(v) for k, v in layer.cost.as_dict().items()}}
+               for layer in layers]
+        for part, layers in model.layer_breakdown(wl).items()
+    }
+
+
+def _fmt(value: float, unit: float, digits: int = 3) -> str:
+    return f"{value / unit:.{digits}f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    wl, hw = report["workload"], report["hardware"]
+    lines = [
+        f"# Static analysis: {report['model']['family']} {report['model']['size']}",
+        "",
+        f"Workload: global view {wl['base_size']} px, crop grid {wl['crop_grid'][0]}x{wl['crop_grid'][1]} "
+        f"of {wl['image_size']} px, {wl['image_tokens']} image + {wl['text_tokens']} text tokens "
+        f"(prefill {wl['prefill_tokens']}), {wl['decode_steps']} decode steps, batch {wl['batch']}, "
+        f"{report['dtype']} ({wl['dtype_bytes']} B), {wl['attention']} attention.",
+        "",
+        (f"Hardware: {hw['display_name']} ({report['hardware_choice']}): peak "
+         f"{hw['peak_tflops'][eff_key(report['dtype'])]:.1f} TFLOP/s, {hw['memory_bandwidth_gb_s']:.0f} GB/s."
+         if hw else f"Hardware: none ({report['hardware_choice']}); floor times omitted."),
+        "",
+        "| stage | params (M) | GFLOP | matmul GFLOP | GB | weights GB | KV GB | FLOP/B | bound | floor ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, s in report["stages"].items():
+        floor = f"{s['floor_ms']:.3f}" if "floor_ms" in s else "n/a"
+        lines.append(
+            f"| {name} | {_fmt(s['params'], 1e6, 1)} | {_fmt(s['flops'], 1e9, 2)} | {_fmt(s['matmul_flops'], 1e9, 2)} | "
+            f"{_fmt(s['bytes'], 1e9)} | {_fmt(s['weight_bytes'], 1e9)} | {_fmt(s['kv_bytes'], 1e9)} | "
+            f"{s['arithmetic_intensity']:.1f} | {s.get('bound', 'n/a')} | {floor} |"
+        )
+    lines += ["", "decode_step is the first decode step (context = prefill + 1); decode sums all steps. "
+              "prefill is the decoder over the prompt plus lm_head on the last position; vision is "
+              "reported apart. Other FLOPs (norms, softmax, activations) are estimates kept out of "
+              "the matmul column, which is what FlopCounterMode counts."]
+    counter = report["flop_counter"]
+    lines += ["", "## FlopCounterMode cross-check", ""]
+    if "skipped" in counter:
+        lines.append(f"Skipped: {counter['skipped']}.")
+    else:
+        lines += [f"torch's FlopCounterMode on the module ({counter['device']} device); parameters: "
+                  f"module {counter['module_params']:,}, analytic {counter['analytic_params']:,}.", "",
+                  "| stage | analytic matmul FLOPs | FlopCounterMode | ratio |", "|---|---:|---:|---:|"]
+        for row in counter["stages"]:
+            lines.append(f"| {row['stage']} | {row['analytic_matmul_flops']:,} | "
+                         f"{row['flop_counter_flops']:,} | {row['ratio']:.6f} |")
+    return "\n".join(lines) + "\n"
+
+
+def eff_key(dtype: str) -> str:
+    from pytest_dsocr.hardware import DTYPE_KEYS
+
+    return DTYPE_KEYS[dtype]
+
+
+def summary_markdown(report: Mapping[str, Any]) -> str:
+    lines = ["| stage | GFLOP | GB | FLOP/B | bound | floor ms |", "|---|---:|---:|---:|---|---:|"]
+    for name in ("vision", "prefill", "decode_step", "decode"):
+        s = report["stages"][name]
+        floor = f"{s['floor_ms']:.3f}" if "floor_ms" in s else "n/a"
+        lines.append(f"| {name} | {_fmt(s['flops'], 1e9, 2)} | {_fmt(s['bytes'], 1e9)} | "
+                     f"{s['arithmetic_intensity']:.1f} | {s.get('bound', 'n/a')} | {floor} |")
+    hw = report["hardware"]
+    lines.append("")
+    lines.append(f"Floor times on {hw['display_name']}." if hw else
+                 f"Floor times omitted: {report['hardware_choice']}.")
+    return "\n".join(lines)
+
+
+def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) -> StaticAnalysisResult:
+    """Everything the static_analysis stage does, given the resolved config and the session's runs."""
+    if cfg.model.family != SUPPORTED_FAMILY:
+        raise DsocrError(f"static_analysis: model.family={cfg.model.family!r} has no cost model yet; "
+                         f"use {SUPPORTED_FAMILY}")
+    if cfg.model.size not in SPECS:
+        raise DsocrError(f"model.size={cfg.model.size!r}: choose one of {', '.join(SPECS)}")
+    runs, file_env = load_measured(cfg, records)
+    choice = choose_hardware(cfg, file_env)
+    if runs:
+        on_cuda = any(m.device.startswith("cuda") for m in runs)
+    else:
+        on_cuda = choice.hardware is not None
+    dtype = _resolve_dtype(str(cfg.model.dtype), on_cuda)
+    wl, grid, sources = static_workload(cfg, runs, dtype)
+    model = DeepseekOCRCostModel(SPECS[cfg.model.size])
+    report = {
+        "model": {"family": cfg.model.family, "size": cfg.model.size, "params": model.params},
+        "workload": {
+            "base_size": wl.base_size, "image_size": wl.image_size,
+            "crop_grid": list(grid),
+            "crops": int(wl.crops), "image_tokens": int(wl.image_tokens), "text_tokens": int(wl.text_tokens),
+            "prefill_tokens": int(wl.prefill_tokens), "decode_steps": int(wl.decode_steps),
+            "batch": int(wl.batch), "dtype_bytes": wl.dtype_bytes, "attention": wl.attention,
+            "sources": sources,
+        },
+        "dtype": dtype,
+        "hardware": choice.hardware.to_json() if choice.hardware else None,
+        "hardware_choice": choice.reason,
+        "stages": _stage_rows(model, wl, choice, dtype),
+        "kv_cache_bytes": int(model.decoder.kv_cache_bytes(wl.batch, wl.prefill_tokens + wl.decode_steps,
+                                                           wl.dtype_bytes)),
+        "layers": _layers_json(model, wl),
+    }
+    report["flop_counter"] = (_flop_count(cfg, model, wl) if _cfg(cfg, "static_analysis.flop_counter", True)
+                              else {"skipped": "static_analysis.flop_counter=false"})
+    markdown = render_markdown(report)
+    out_dir = Path(out_dir)
+    paths = (
+        atomic_write_text(out_dir / JSON_FILE, json.dumps(json_safe(report), indent=2) + "\n"),
+        atomic_write_text(out_dir / MARKDOWN_FILE, markdown),
+    )
+    section = eff.efficiency(model, runs, choice, dtype, wl.base_size, wl.image_size, wl.dtype_bytes,
+                             wl.attention)
+    return StaticAnalysisResult(report, markdown, section, eff.efficiency_markdown(section),
+                                summary_markdown(report), paths)
+
+
+def metrics_section(result: StaticAnalysisResult) -> dict:
+    """The compact ``static_analysis`` section of metrics.json: per stage FLOPs, bytes, floor."""
+    report = result.report
+    return {
+        "workload": report["workload"],
+        "dtype": report["dtype"],
+        "hardware": report["hardware"]["name"] if report["hardware"] else None,
+        "hardware_choice": report["hardware_choice"],
+        "stages": {name: {k: v for k, v in s.items() if k in (
+            "flops", "matmul_flops", "bytes", "params", "arithmetic_intensity", "floor_ms", "bound")}
+            for name, s in report["stages"].items()},
+        "flop_counter": report["flop_counter"],
+        "files": [str(p) for p in result.paths],
+    }
+
+
+__all__ = ["StaticAnalysisResult", "run_static_analysis", "metrics_section", "STAGES"]

@@ -1,0 +1,229 @@
+"""Analytic sweeps: vision cost per crop grid, vision + prefill per grid, decode per context
+length and step count.
+
+The cost model is built once; a sweep is one evaluation of it on a :class:`Workload` whose sizes
+are numpy arrays (one entry per point), never a rebuild or a config copy per point.
+:func:`rebuild_per_point` evaluates the same sweep the slow way (a fresh cost model per point),
+for the benchmark and for the test that both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from pytest_dsocr.analytic.config import CONTEXT_STEP, DEFAULT_DECODE_STEPS
+from pytest_dsocr.analytic.efficiency import MS, floor_seconds
+from pytest_dsocr.analytic.model import DeepseekOCRCostModel
+from pytest_dsocr.analytic.workload import candidate_grids, workload_for_grids
+from pytest_dsocr.hardware import Hardware
+from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
+from pytest_dsocr.report.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SWEEP_DIR = "sweeps"
+SWEEPS = ("vision_crops", "vision_prefill", "decode")
+GLOBAL_ONLY = (1, 1)  # the no-crop baseline row of the crop sweeps
+
+
+@dataclass(frozen=True)
+class SweepPoints:
+    """Where the three sweeps are evaluated."""
+
+    grids: tuple[tuple[int, int], ...]  # crop sweeps: (1, 1) = global view only
+    contexts: np.ndarray  # decode sweep, one entry per point: tokens in the KV cache
+    steps: np.ndarray  # decode sweep, one entry per point: decode steps
+
+    @classmethod
+    def build(cls, spec: DeepseekOCRSpec, max_crops: int, context_lengths: Optional[Sequence[int]] = None,
+              decode_steps: Sequence[int] = tuple(DEFAULT_DECODE_STEPS)) -> "SweepPoints":
+        """Every candidate grid of up to ``max_crops`` tiles (after the global-only baseline);
+        every (context, steps) pair that fits the decoder's position limit."""
+        limit = spec.text.max_position_embeddings
+        if context_lengths is None:
+            context_lengths = range(CONTEXT_STEP, limit + 1, CONTEXT_STEP)
+        pairs = [(c, n) for c in context_lengths for n in decode_steps if c + n <= limit]
+        contexts = np.array([c for c, _ in pairs], dtype=np.int64)
+        steps = np.array([n for _, n in pairs], dtype=np.int64)
+        return cls((GLOBAL_ONLY, *candidate_grids(max_crops)), contexts, steps)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What stays fixed across a sweep."""
+
+    base_size: int = 1024
+    image_size: int = 640
+    text_tokens: int = 10
+    batch: int = 1
+    dtype_bytes: int = 2
+    attention: str = "flash"
+    hardware: Optional[Hardware] = None  # adds floor-time columns when given
+    dtype: str = "bfloat16"  # which peak of ``hardware`` applies
+
+
+Columns = dict[str, np.ndarray]
+
+
+def _floor_ms(flops, nbytes, s: SweepSettings) -> np.ndarray:
+    return floor_seconds(flops, nbytes, s.hardware, s.dtype) / MS
+
+
+def crop_sweeps(model: DeepseekOCRCostModel, grids: Sequence[tuple[int, int]], s: SweepSettings
+                ) -> tuple[Columns, Columns]:
+    """Both crop-grid sweeps from one evaluation of the grids' workload.
+
+    ``vision_crops``: vision tokens, FLOPs and bytes of every grid. ``vision_prefill``: per grid,
+    vision, then the decoder prefill over that grid's image tokens plus the prompt.
+    """
+    wl = workload_for_grids(model.spec, s.base_size, s.image_size, grids, text_tokens=s.text_tokens,
+                            batch=s.batch, dtype_bytes=s.dtype_bytes, attention=s.attention)
+    v = model.vision(wl)
+    vision, prefill = v["vision"], model.prefill(wl)
+    grid_cols = {"grid_w": np.array([g[0] for g in grids]), "grid_h": np.array([g[1] for g in grids]),
+                 "crops": wl.crops, "image_tokens": wl.image_tokens}
+    crops = {
+        **grid_cols,
+        "sam_flops": v["sam"].flops, "clip_flops": v["clip"].flops, "projector_flops": v["projector"].flops,
+        "vision_flops": vision.flops, "vision_matmul_flops": vision.matmul_flops,
+        "vision_bytes": vision.bytes, "vision_weight_bytes": vision.weight_bytes,
+        "vision_activation_bytes": vision.activation_bytes,
+    }
+    with_prefill = {
+        **grid_cols, "prefill_tokens": wl.prefill_tokens,
+        "vision_flops": vision.flops, "vision_bytes": vision.bytes,
+        "prefill_flops": prefill.flops, "prefill_matmul_flops": prefill.matmul_flops,
+        "prefill_bytes": prefill.bytes, "prefill_weight_bytes": prefill.weight_bytes,
+        "prefill_kv_bytes": prefill.kv_bytes,
+        "total_flops": vision.flops + prefill.flops, "total_bytes": vision.bytes + prefill.bytes,
+    }
+    if s.hardware is not None:
+        vision_floor = _floor_ms(vision.flops, vision.bytes, s)
+        prefill_floor = _floor_ms(prefill.flops, prefill.bytes, s)
+        crops["vision_floor_ms"] = vision_floor
+        with_prefill.update(vision_floor_ms=vision_floor, prefill_floor_ms=prefill_floor,
+                            ttft_floor_ms=vision_floor + prefill_floor)
+    return crops, with_prefill
+
+
+def decode(model: DeepseekOCRCostModel, contexts: np.ndarray, steps: np.ndarray, s: SweepSettings) -> Columns:
+    """Per (context, steps): the first step, the sum over all steps, and the KV cache size."""
+    first = model.decode_step(contexts + 1, s.batch, s.attention, s.dtype_bytes)
+    total = model.decode(contexts, steps, s.batch, s.attention, s.dtype_bytes)
+    cols = {
+        "context": contexts, "steps": steps,
+        "step_flops": first.flops, "step_bytes": first.bytes, "step_kv_bytes": first.kv_bytes,
+        "decode_flops": total.flops, "decode_bytes": total.bytes,
+        "decode_weight_bytes": total.weight_bytes, "decode_kv_bytes": total.kv_bytes,
+        "kv_cache_bytes": model.decoder.kv_cache_bytes(s.batch, contexts + steps, s.dtype_bytes),
+    }
+    if s.hardware is not None:
+        cols["step_floor_ms"] = _floor_ms(first.flops, first.bytes, s)
+        cols["decode_floor_ms"] = _floor_ms(total.flops, total.bytes, s)
+        cols["tpot_floor_ms"] = cols["decode_floor_ms"] / steps
+    return cols
+
+
+def run_sweeps(model: DeepseekOCRCostModel, points: SweepPoints, s: SweepSettings) -> dict[str, Columns]:
+    """The three sweeps on one cost model (the reuse path)."""
+    crops, with_prefill = crop_sweeps(model, points.grids, s)
+    return {"vision_crops": crops, "vision_prefill": with_prefill,
+            "decode": decode(model, points.contexts, points.steps, s)}
+
+
+def rebuild_per_point(spec: DeepseekOCRSpec, points: SweepPoints, s: SweepSettings) -> dict[str, Columns]:
+    """The same sweeps with a fresh cost model built from the spec for every point (the way the
+    system we replace did it, minus its config copies): the baseline for reuse."""
+
+    def stack(rows: list[Columns]) -> Columns:
+        return {k: np.concatenate([np.atleast_1d(r[k]) for r in rows]) for k in rows[0]}
+
+    one = np.ones(1, dtype=np.int64)
+    crops = [crop_sweeps(DeepseekOCRCostModel(spec), [g], s) for g in points.grids]
+    return {
+        "vision_crops": stack([c for c, _ in crops]),
+        "vision_prefill": stack([p for _, p in crops]),
+        "decode": stack([decode(DeepseekOCRCostModel(spec), c * one, n * one, s)
+                         for c, n in zip(points.contexts.tolist(), points.steps.tolist())]),
+    }
+
+
+def to_csv(columns: Columns) -> str:
+    names = list(columns)
+    arrays = [np.atleast_1d(columns[n]) for n in names]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    for row in zip(*(a.tolist() for a in arrays)):
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    return out.getvalue()
+
+
+def _plot_vision_crops(ax, cols: Columns) -> None:
+    ax[0].plot(cols["image_tokens"], cols["vision_flops"] / 1e12, "o")
+    ax[0].set(xlabel="image tokens", ylabel="vision TFLOP")
+    ax[1].plot(cols["image_tokens"], cols["vision_bytes"] / 1e9, "o")
+    ax[1].set(xlabel="image tokens", ylabel="vision GB")
+
+
+def _plot_vision_prefill(ax, cols: Columns) -> None:
+    for key, label in (("vision_flops", "vision"), ("prefill_flops", "prefill"), ("total_flops", "total")):
+        ax[0].plot(cols["prefill_tokens"], cols[key] / 1e12, "o", label=label)
+    ax[0].set(xlabel="prefill tokens", ylabel="TFLOP")
+    ax[0].legend()
+    for key, label in (("vision_bytes", "vision"), ("prefill_bytes", "prefill"), ("total_bytes", "total")):
+        ax[1].plot(cols["prefill_tokens"], cols[key] / 1e9, "o", label=label)
+    ax[1].set(xlabel="prefill tokens", ylabel="GB")
+    ax[1].legend()
+
+
+def _plot_decode(ax, cols: Columns) -> None:
+    for n in np.unique(cols["steps"]):
+        sel = cols["steps"] == n
+        ax[0].plot(cols["context"][sel], cols["decode_bytes"][sel] / n / 1e9, label=f"{n} steps")
+    ax[0].set(xlabel="context (tokens)", ylabel="GB per decode step")
+    ax[0].legend(fontsize="small")
+    ax[1].plot(cols["context"], cols["kv_cache_bytes"] / 1e9, ".")
+    ax[1].set(xlabel="context (tokens)", ylabel="KV cache GB at the end")
+
+
+PLOTTERS: dict[str, Callable] = {
+    "vision_crops": _plot_vision_crops, "vision_prefill": _plot_vision_prefill, "decode": _plot_decode,
+}
+
+
+def write_sweeps(results: dict[str, Columns], out_dir: Path, plots: bool = True) -> tuple[list[Path], list[str]]:
+    """``<name>.csv`` for every sweep, ``<name>.png`` when matplotlib is installed.
+
+    Returns the files written and notes (a skipped plot says why; the CSV is always written).
+    """
+    out_dir = Path(out_dir)
+    paths = [atomic_write_text(out_dir / f"{name}.csv", to_csv(cols)) for name, cols in results.items()]
+    notes: list[str] = []
+    if not plots:
+        return paths, ["plots disabled (sweep.plots=false)"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        note = "plots skipped: matplotlib is not installed (pip install 'pytest-dsocr[plots]'); CSVs written"
+        log.info(note)
+        return paths, [note]
+    for name, cols in results.items():
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        PLOTTERS[name](ax, cols)
+        fig.suptitle(f"DeepSeek-OCR analytic sweep: {name}")
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths, notes
