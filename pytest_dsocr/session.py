@@ -90,7 +90,8 @@ class DsocrSession:
 
             stage_cfg = self.config.pipeline.get(stage)
             output_cfg = stage_cfg.output if stage_cfg is not None else self.config.pipeline.direct_inference.output
-            self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg)
+            prefix = f"pipeline.{stage if stage_cfg is not None else 'direct_inference'}.output"
+            self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix)
         return self._outputs[stage]
 
     def run(self, sample: Sample, *, stage: str = "direct_inference", hooks: ProfilingHooks = NO_HOOKS,
@@ -128,7 +129,8 @@ class DsocrSession:
             self.collector.add_failure(failure)
             raise SampleFailed(failure) from exc
         self.collector.add_runs(runs)
-        self.outputs(stage).record(runs[-1], image=self.adapter.load(sample.image_path))
+        # The page is loaded again only when a visualization folder is actually written.
+        self.outputs(stage).record(runs[-1], image=lambda: self.adapter.load(sample.image_path))
         if benchmark is not None:
             benchmark.extra_info.update(stage_extra_info(runs))
         return runs
