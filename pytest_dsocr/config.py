@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pytest_dsocr.analytic.config import StaticAnalysisConfig, SweepConfig
-from pytest_dsocr.data.config import DatasetConfig
+from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
-from pytest_dsocr.outputs.config import StageOutputConfig
-from pytest_dsocr.profilers.config import ProfilingConfig
+from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
+from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
 SIZES = ("tiny", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODE_BACKENDS = ("eager", "static")
+ATTENTION_MODES = ("eager", "flash")
 # Multiples of SAM's 16-pixel patch times the 4x downsampling: the vendor's views are 512..1280.
 VIEW_SIZE_MULTIPLE = 64
 
@@ -274,6 +275,12 @@ def validate(cfg: DictConfig) -> None:
         raise DsocrError(f"infer.warmup_rounds={infer.warmup_rounds}: must be >= 0")
     if infer.rounds < 1:
         raise DsocrError(f"infer.rounds={infer.rounds}: must be >= 1")
+    validate_sampling_config(cfg.dataset.sampling)
+    for stage in ("direct_inference", "torch_profiler", "vendor_parity"):
+        validate_stage_output_config(cfg.pipeline[stage].output, prefix=f"pipeline.{stage}.output")
+    validate_profiling_config(cfg.profiling)
+    for key in ("static_analysis", "sweep"):
+        _check_choice(f"{key}.attention", cfg[key].attention, ATTENTION_MODES)
     if model.path is not None:
         check_model_path(model.path)
 
