@@ -130,6 +130,11 @@ def test_per_stage_threshold_overrides():
     assert "threshold 50%" in result.markdown()
 
 
+def test_a_threshold_for_an_unknown_stage_is_noted():
+    result = compare_runs(run(seed=1), run(seed=2), per_stage={"decod": 0.5})
+    assert "'decod' matches no compared stage" in result.markdown()
+
+
 def test_identical_runs():
     metrics = run(seed=1)
     result = compare_runs(metrics, metrics)

@@ -40,13 +40,7 @@ def golden_metrics() -> dict:
     ]
     failure = SampleFailure("page_009", "/data/page_009.png", 0, "direct_inference",
                             "/data/page_009.png: cannot identify image file", "DsocrError")
-    metrics = make_metrics(
-        runs, [failure], memory={"max_rss_mib": 2048.5},
-        sections={"efficiency": {"hardware": "cpu (no peak table)", "stages": {
-            "prefill": {"mfu": 0.125, "mbu": 0.05, "tflops": 1.5},
-            "decode": {"mfu": 0.01, "mbu": 0.4, "tflops": 0.12},
-        }}},
-    )
+    metrics = make_metrics(runs, [failure], memory={"max_rss_mib": 2048.5})
     metrics["generated_at"] = "2026-01-01T00:00:00+00:00"
     metrics["plots"] = {"files": {"stage_times": "plots/stage_times.png",
                                   "latency_distribution": "plots/latency_distribution.png"}, "note": None}
@@ -86,7 +80,7 @@ def test_summary_sections_in_order():
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings == [
         "## Environment", "## Aggregates", "## Per-Stage Timings (ms)", "## Stage Share (%)",
-        "## Stage Takeaways", "## Efficiency (MFU/MBU)", "## Failures", "## Plots",
+        "## Stage Takeaways", "## Failures", "## Plots",
     ]
     assert "| Stage | Mean | Std | p50 | p90 |" in text
     assert NESTING_NOTE.split(":")[0] in text
@@ -105,6 +99,16 @@ def test_shares_and_takeaways_follow_the_numbers():
 
     prefill_heavy = make_metrics([image_run(0, prefill_ms=900.0, decode_ms=100.0)])
     assert "The largest stage is prefill" in render_stakeholder_summary(prefill_heavy)
+
+
+def test_efficiency_section_when_present():
+    """The section's own renderer (analytic) draws it; the summary places it."""
+    from pytest_dsocr.analytic.efficiency import efficiency_markdown
+
+    section = {"omitted": "measured on cpu: MFU/MBU are defined against a GPU's peak"}
+    text = render_stakeholder_summary(make_metrics([image_run(0)], sections={"efficiency": section}))
+    assert "## Efficiency (MFU/MBU)\n\n" + efficiency_markdown(section) in text
+    assert text.index("## Stage Takeaways") < text.index("## Efficiency")
 
 
 def test_unmeasured_stages_have_no_rows():

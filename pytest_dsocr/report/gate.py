@@ -163,7 +163,7 @@ class GateResult:
             for row in self.rows
         ]
         confidence = _pct(1 - self.alpha)
-        parts = [f"## {TITLE}\n" if heading else "", self.headline(), ""]
+        parts = ([f"## {TITLE}", ""] if heading else []) + [self.headline(), ""]
         if rows:
             parts += [table(("Stage", "Baseline (ms)", "Current (ms)", "Ratio [CI]", "Verdict"), rows, align="lrrrl"), ""]
         parts.append(
@@ -175,7 +175,7 @@ class GateResult:
         parts += [f"Note: {note}" for note in self.notes]
         if self.mismatches:
             parts.append(f"Note: compared despite differing {', '.join(self.mismatches)} (forced).")
-        return "\n".join(part for part in parts if part is not None).strip() + "\n"
+        return "\n".join(parts) + "\n"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -276,6 +276,12 @@ def compare_runs(
         f"the {which} run is incomplete ({run.get('reason') or 'no reason recorded'})."
         for which, run in (("baseline", baseline), ("current", current))
         if run.get("complete") is False
+    ]
+    compared = {row.stage for row in rows}
+    notes += [
+        f"the threshold given for stage {stage!r} matches no compared stage ({', '.join(row.stage for row in rows)})."
+        for stage in per_stage or {}
+        if stage not in compared
     ]
     return GateResult(rows, threshold, alpha, n_boot, min_samples, mismatches if force else [], notes)
 

@@ -3,9 +3,8 @@
 Both read only the metrics dict (never records), so a summary can be re-rendered from any
 saved metrics.json. Stage rows appear only for stages that were measured.
 
-``efficiency`` (written by the analytic/profiler stages) is rendered when present: scalar
-entries as a list, and every mapping of row name -> {column: value} as a table; columns
-named ``mfu`` or ``mbu`` hold fractions of the hardware peak and are shown in percent.
+``efficiency`` (MFU/MBU, written by the static_analysis stage) is rendered when present by
+``pytest_dsocr.analytic.efficiency.efficiency_markdown``, the renderer of that section's schema.
 """
 
 from __future__ import annotations
@@ -56,7 +55,6 @@ THROUGHPUT_ROWS = (
     ("Prompt (text) tokens/s", "prompt_tokens_per_s"),
     ("Total tokens/s (input + output)", "total_tokens_per_s"),
 )
-EFFICIENCY_FRACTIONS = ("mfu", "mbu")
 MEMORY_LABELS = {  # keys of pytest_dsocr.env.peak_memory
     "cuda_max_allocated_mib": "CUDA max allocated",
     "cuda_max_reserved_mib": "CUDA max reserved",
@@ -293,7 +291,7 @@ def _takeaways(metrics: Mapping[str, Any]) -> str:
     rate, tpot, tokens = (aggregates.get(key) or {} for key in ("tokens_per_s", "tpot_ms", "tokens"))
     if rate.get("count"):
         lines.append(
-            f"Decode runs at {fmt(rate['mean'], RATE_DIGITS)} tokens/s "
+            f"Decode runs at {fmt(rate['p50'], RATE_DIGITS)} tokens/s on the median run "
             f"(TPOT p50 {fmt(tpot.get('p50'))} ms) over {fmt(tokens.get('mean'), 1)} generated tokens per run."
         )
     subs = _substages(metrics, stage_ms)
@@ -335,29 +333,11 @@ def _takeaways(metrics: Mapping[str, Any]) -> str:
 
 
 def _efficiency(efficiency: Mapping[str, Any]) -> str:
-    scalars = {k: v for k, v in efficiency.items() if not isinstance(v, Mapping)}
-    parts = [key_value_table(scalars)] if scalars else []
-    tables = {k: v for k, v in efficiency.items() if isinstance(v, Mapping)}
-    row_like = {k: v for k, v in tables.items() if all(not isinstance(x, Mapping) for x in v.values())}
-    if row_like:
-        parts.append(_rows_table("Stage", row_like))
-    for name, nested in tables.items():
-        if name not in row_like:
-            parts.append(f"{name}:\n\n" + _rows_table(name, {k: v for k, v in nested.items() if isinstance(v, Mapping)}))
-    return "\n\n".join(parts)
+    # The analytic package owns the efficiency section's schema and its one renderer; imported
+    # here, not at the top, because it loads the cost model (and torch) behind it.
+    from pytest_dsocr.analytic.efficiency import efficiency_markdown
 
-
-def _rows_table(first: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
-    columns = list(dict.fromkeys(col for row in rows.values() for col in row))
-    headers = [first] + [f"{col.upper()} (%)" if col in EFFICIENCY_FRACTIONS else col for col in columns]
-    body = []
-    for name, row in rows.items():
-        values = []
-        for col in columns:
-            value = row.get(col)
-            values.append(pct(value) if col in EFFICIENCY_FRACTIONS and isinstance(value, (int, float)) else fmt(value, 3))
-        body.append((name, *values))
-    return table(headers, body)
+    return efficiency_markdown(efficiency)
 
 
 def _by_stage(by_stage: Mapping[str, Any]) -> str:
