@@ -186,6 +186,13 @@ def test_refuses_another_model_or_device_unless_forced(change, named):
     assert "forced" in forced.markdown()
 
 
+def test_profiler_runs_are_not_compared_with_plain_runs():
+    baseline = make_metrics(noisy_runs(SAMPLES, seed=1))
+    current = make_metrics(noisy_runs(SAMPLES, seed=2, stage="torch_profiler"))
+    with pytest.raises(DsocrError, match="aggregated benchmark stage .direct_inference vs torch_profiler."):
+        compare_runs(baseline, current)
+
+
 def test_config_keys_are_compared():
     baseline, current = run(seed=1), run(seed=2)
     current["config"]["infer"]["max_new_tokens"] = 8192

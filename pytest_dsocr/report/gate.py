@@ -78,6 +78,7 @@ COMPATIBILITY_KEYS = (
     (("config", "infer", "max_new_tokens"), "infer.max_new_tokens"),
     (("env", "device"), "device"),
     (("env", "device_name"), "device name"),
+    (("aggregates_stage",), "aggregated benchmark stage"),  # profiler overhead is not a regression
 )
 FAMILY_KEY = "model.family"
 
