@@ -289,7 +289,13 @@ def test_generate_greedy_returns_max_new_tokens_with_eos_suppressed(tiny):
                   attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                   no_repeat_ngram_size=3, eos_token_id=TINY.eos_token_id, suppress_tokens=[TINY.eos_token_id],
                   pad_token_id=TINY.eos_token_id)
-    out = tiny.generate(**kwargs)
+    sam_calls = []
+    handle = tiny.model.sam_model.register_forward_hook(lambda *args: sam_calls.append(1))
+    try:
+        out = tiny.generate(**kwargs)
+    finally:
+        handle.remove()
+    assert len(sam_calls) == 1  # images are encoded on the first step only (global view, no crops)
     assert out.shape == (1, ids.shape[1] + max_new_tokens)
     assert torch.equal(out[:, :ids.shape[1]], ids)
     assert TINY.eos_token_id not in out[0, ids.shape[1]:].tolist()

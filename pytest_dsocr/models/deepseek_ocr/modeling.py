@@ -458,7 +458,11 @@ class DeepseekOCRPreTrainedModel(PreTrainedModel):
 
 
 def _crop_grids(images_spatial_crop: Any, batch: int) -> list[tuple[int, int]]:
-    """(width tiles, height tiles) per batch item from a [B, 2] / [B, 1, 2] tensor or a list."""
+    """(width tiles, height tiles) per batch item from a [B, 2] / [B, 1, 2] tensor or a list.
+
+    The grid decides the token layout on the host; pass a CPU tensor or a list to keep this
+    free of a device sync (the vendor instead tests the crops' pixel sum on the device).
+    """
     if images_spatial_crop is None:
         return [(1, 1)] * batch
     grids = torch.as_tensor(images_spatial_crop).reshape(-1, 2).tolist()
