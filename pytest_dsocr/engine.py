@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -73,10 +73,14 @@ class ModelAdapter(Protocol):
 class Engine:
     """Runs one sample through the adapter with timers, NVTX ranges and hooks."""
 
-    def __init__(self, adapter: ModelAdapter, policy: DecodePolicy, max_new_tokens: int | None) -> None:
+    def __init__(self, adapter: ModelAdapter, policy: DecodePolicy, max_new_tokens: int | None,
+                 extra_processors: Callable[[int], list] | None = None) -> None:
+        """``extra_processors(prompt_len)`` adds logits processors after the policy's own (benchmarks
+        use it to fix the generated length, e.g. MinNewTokensLengthLogitsProcessor)."""
         self.adapter = adapter
         self.policy = policy
         self.max_new_tokens = max_new_tokens
+        self.extra_processors = extra_processors
         self._hooks: ProfilingHooks = NO_HOOKS
         self._stage_stack: list[AbstractContextManager] = []
         self.module_timers = ModuleTimers(
@@ -144,6 +148,8 @@ class Engine:
             seen[:, : prompt_ids.shape[1]] = prompt_ids
             length = prompt_ids.shape[1]
             processors = policy.logits_processors()
+            if self.extra_processors is not None:
+                processors.extend(self.extra_processors(length))
             generator = torch.Generator(device=prompt_ids.device).manual_seed(policy.seed) if policy.do_sample else None
             token = policy.select(seen[:, :length], logits, processors, generator)
         generated: list[int] = []

@@ -1,0 +1,56 @@
+"""Shared set-up of the perf scripts: a session on the embedded default or a chosen size/device."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pytest_dsocr.config import load_config
+from pytest_dsocr.data.pages import bundled_pages
+from pytest_dsocr.decoding import DecodePolicy
+from pytest_dsocr.env import resolve_device, resolve_dtype
+from pytest_dsocr.records import Sample
+from pytest_dsocr.session import build_adapter
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default="tiny", choices=["tiny", "full"], help="model size (random weights)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--page", default="page_005", help="bundled page name (page_001 .. page_006)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+
+
+def build(args: argparse.Namespace):
+    """(config, adapter, policy, sample) for the arguments."""
+    cfg = load_config(overrides=[f"model.size={args.size}", f"model.device={args.device}",
+                                 f"model.dtype={args.dtype}", *args.set])
+    device = resolve_device(cfg.model.device)
+    adapter = build_adapter(cfg, device, resolve_dtype(cfg.model.dtype, device))
+    policy = DecodePolicy(eos_token_id=adapter.eos_token_id, no_repeat_ngram_size=cfg.infer.no_repeat_ngram_size)
+    pages = {p.stem: p for p in bundled_pages()}
+    path = Path(args.page) if Path(args.page).is_file() else pages[args.page]
+    return cfg, adapter, policy, Sample(image_path=path, epoch=0, index=0, sample_id=path.stem)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    """Wall milliseconds of fn() with the device drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3, result
+
+
+def spread(values: list[float]) -> str:
+    """min / median / max, the way every perf table here prints a figure."""
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
