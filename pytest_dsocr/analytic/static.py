@@ -23,6 +23,7 @@ from pytest_dsocr.analytic.workload import (
     Workload,
     crop_grid_for,
     dtype_bytes,
+    resolve_dtype_name,
     workload_for_grid,
 )
 from pytest_dsocr.errors import DsocrError
@@ -66,13 +67,6 @@ def _cfg(cfg: Any, dotted: str, default: Any = None) -> Any:
         if node is None:
             return default
     return node
-
-
-def _resolve_dtype(name: str, on_cuda: bool) -> str:
-    """``auto`` is bfloat16 on a GPU and float32 on the CPU, as the session resolves it."""
-    if name == "auto":
-        return "bfloat16" if on_cuda else "float32"
-    return name
 
 
 def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured], Optional[dict]]:
@@ -263,7 +257,7 @@ def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) ->
         on_cuda = any(m.device.startswith("cuda") for m in runs)
     else:
         on_cuda = choice.hardware is not None
-    dtype = _resolve_dtype(str(cfg.model.dtype), on_cuda)
+    dtype = resolve_dtype_name(str(cfg.model.dtype), on_cuda)
     wl, grid, sources = static_workload(cfg, runs, dtype)
     model = DeepseekOCRCostModel(SPECS[cfg.model.size])
     report = {

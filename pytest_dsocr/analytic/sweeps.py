@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -21,7 +22,8 @@ import numpy as np
 from pytest_dsocr.analytic.config import CONTEXT_STEP, DEFAULT_DECODE_STEPS
 from pytest_dsocr.analytic.efficiency import MS, floor_seconds
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
-from pytest_dsocr.analytic.workload import candidate_grids, workload_for_grids
+from pytest_dsocr.analytic.workload import candidate_grids, dtype_bytes, resolve_dtype_name, workload_for_grids
+from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import Hardware
 from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
 from pytest_dsocr.report.io import atomic_write_text
@@ -185,9 +187,13 @@ def _plot_vision_prefill(ax, cols: Columns) -> None:
 
 
 def _plot_decode(ax, cols: Columns) -> None:
-    for n in np.unique(cols["steps"]):
+    import matplotlib
+
+    step_counts = np.unique(cols["steps"])
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 1, len(step_counts)))
+    for n, color in zip(step_counts, colors):
         sel = cols["steps"] == n
-        ax[0].plot(cols["context"][sel], cols["decode_bytes"][sel] / n / 1e9, label=f"{n} steps")
+        ax[0].plot(cols["context"][sel], cols["decode_bytes"][sel] / n / 1e9, color=color, label=f"{n} steps")
     ax[0].set(xlabel="context (tokens)", ylabel="GB per decode step")
     ax[0].legend(fontsize="small")
     ax[1].plot(cols["context"], cols["kv_cache_bytes"] / 1e9, ".")
@@ -227,3 +233,59 @@ def write_sweeps(results: dict[str, Columns], out_dir: Path, plots: bool = True)
         plt.close(fig)
         paths.append(path)
     return paths, notes
+
+
+@dataclass(frozen=True)
+class SweepStageResult:
+    results: dict[str, Columns]
+    paths: tuple[Path, ...]
+    notes: tuple[str, ...]
+    section: dict  # the metrics.json "sweep" section
+
+
+def _positive_ints(key: str, values) -> list[int]:
+    values = list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise DsocrError(f"{key}={values}: expected a non-empty list of integers >= 1")
+    return values
+
+
+def run_sweep_stage(cfg, out_dir: Path) -> SweepStageResult:
+    """Everything the sweep stage does: the three default sweeps of the configured model size,
+    evaluated on one cost model, written as CSV (and PNG) under ``out_dir``."""
+    from pytest_dsocr.hardware import select_hardware
+    from pytest_dsocr.models.deepseek_ocr.spec import SPECS
+
+    if cfg.model.family != "deepseek_ocr":
+        raise DsocrError(f"sweep: model.family={cfg.model.family!r} has no cost model yet; use deepseek_ocr")
+    spec = SPECS[cfg.model.size]
+    sweep = cfg.sweep
+    max_crops = sweep.max_crops if sweep.max_crops is not None else cfg.model.max_crops
+    if max_crops < 2:
+        raise DsocrError(f"sweep.max_crops={max_crops}: must be >= 2 (the vendor's smallest crop grid)")
+    contexts = None if sweep.context_lengths is None else _positive_ints(
+        "sweep.context_lengths", sweep.context_lengths)
+    steps = _positive_ints("sweep.decode_steps", sweep.decode_steps)
+    choice = select_hardware(cfg.hardware.name)
+    dtype = resolve_dtype_name(str(cfg.model.dtype), choice.hardware is not None)
+    settings = SweepSettings(
+        base_size=int(cfg.model.base_size), image_size=int(cfg.model.image_size),
+        text_tokens=int(sweep.text_tokens), batch=int(sweep.batch_size), dtype_bytes=dtype_bytes(dtype),
+        attention=str(sweep.attention), hardware=choice.hardware, dtype=dtype,
+    )
+    points = SweepPoints.build(spec, int(max_crops), contexts, steps)
+    started = time.perf_counter()
+    results = run_sweeps(DeepseekOCRCostModel(spec), points, settings)
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    paths, notes = write_sweeps(results, out_dir, plots=bool(sweep.plots))
+    if choice.hardware is None:
+        notes.append(f"floor-time columns omitted: {choice.reason}")
+    section = {
+        "model_size": cfg.model.size, "dtype": dtype, "attention": settings.attention,
+        "hardware": choice.hardware.name if choice.hardware else None, "hardware_choice": choice.reason,
+        "points": {name: int(len(np.atleast_1d(next(iter(cols.values()))))) for name, cols in results.items()},
+        "evaluate_ms": elapsed_ms,
+        "files": [str(p) for p in paths],
+        "notes": notes,
+    }
+    return SweepStageResult(results, tuple(paths), tuple(notes), section)

@@ -47,6 +47,13 @@ def crop_grid_for(
     return _layout().crop_grid_for(tuple(image_wh), base_size, image_size, crop_mode, max_crops)
 
 
+def resolve_dtype_name(dtype: str, on_gpu: bool) -> str:
+    """``model.dtype`` as the session resolves it: ``auto`` is bfloat16 on a GPU, float32 on CPU."""
+    if dtype == "auto":
+        return "bfloat16" if on_gpu else "float32"
+    return dtype
+
+
 def dtype_bytes(dtype: str) -> int:
     try:
         return DTYPE_BYTES[dtype]
