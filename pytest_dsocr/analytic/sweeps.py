@@ -9,8 +9,6 @@ for the benchmark and for the test that both give the same numbers.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -157,15 +155,18 @@ def rebuild_per_point(spec: DeepseekOCRSpec, points: SweepPoints, s: SweepSettin
     }
 
 
+def _column_text(values: np.ndarray) -> list[str]:
+    """One column as CSV cells: integers exactly, floats to 6 significant digits."""
+    values = np.atleast_1d(values)
+    if np.issubdtype(values.dtype, np.floating):
+        return [f"{v:.6g}" for v in values.tolist()]
+    return list(map(str, values.tolist()))
+
+
 def to_csv(columns: Columns) -> str:
-    names = list(columns)
-    arrays = [np.atleast_1d(columns[n]) for n in names]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(names)
-    for row in zip(*(a.tolist() for a in arrays)):
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-    return out.getvalue()
+    """Header and one line per point (the values contain no commas or quotes)."""
+    cells = [_column_text(columns[name]) for name in columns]
+    return "\n".join([",".join(columns), *map(",".join, zip(*cells))]) + "\n"
 
 
 def _plot_vision_crops(ax, cols: Columns) -> None:
