@@ -65,6 +65,7 @@ class TorchProfilerConfig:
     with_modules: bool = False  # nn.Module hierarchy in the trace
     top_k: int = 25  # operators per table in operators.md and stage_operators.md
     trace: bool = True  # write trace.json.gz (Chrome trace format, opens in Perfetto)
+    trace_max_samples: Optional[int] = 4  # samples whose profiles go into the trace (null = all); tables cover all
 
 
 @dataclass
@@ -136,6 +137,8 @@ def validate_torch_config(cfg: TorchProfilerConfig, prefix: str = "profiling.tor
     if cfg.active is not None:
         require_int(cfg.active, f"{prefix}.active", 1)
     require_int(cfg.top_k, f"{prefix}.top_k", 1)
+    if cfg.trace_max_samples is not None:
+        require_int(cfg.trace_max_samples, f"{prefix}.trace_max_samples", 1)
 
 
 def validate_nsys_config(cfg: NsysConfig, prefix: str = "profiling.nsys") -> None:
@@ -144,6 +147,10 @@ def validate_nsys_config(cfg: NsysConfig, prefix: str = "profiling.nsys") -> Non
         raise DsocrError(
             f"{prefix}.capture_range_end={cfg.capture_range_end!r}: capture=measured opens one capture "
             "range per sample and needs repeat (or repeat:N); use capture=stage for stop or stop-shutdown")
+    if cfg.capture == "stage" and str(cfg.capture_range_end).endswith("shutdown"):
+        raise DsocrError(
+            f"{prefix}.capture_range_end={cfg.capture_range_end!r}: nsys would end pytest when the stage closes "
+            "its capture, before metrics.json is written; use stop with capture=stage")
     if not cfg.trace:
         raise DsocrError(f"{prefix}.trace: empty; expected e.g. [cuda, nvtx]")
     if not str(cfg.output).strip():
