@@ -9,6 +9,7 @@ config's, else a reference page's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from pytest_dsocr.analytic import efficiency as eff
-from pytest_dsocr.analytic.model import STAGES, DeepseekOCRCostModel
+from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.workload import (
     DEFAULT_TEXT_TOKENS,
     Workload,
@@ -27,7 +28,7 @@ from pytest_dsocr.analytic.workload import (
     workload_for_grid,
 )
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.hardware import HardwareChoice, select_hardware
+from pytest_dsocr.hardware import DTYPE_KEYS, HardwareChoice, select_hardware
 from pytest_dsocr.models.deepseek_ocr.spec import SPECS
 from pytest_dsocr.report.io import atomic_write_text, json_safe
 
@@ -51,28 +52,15 @@ CROSSCHECK_TOLERANCE = 0.01
 class StaticAnalysisResult:
     report: dict  # what static_compute.json holds
     markdown: str  # what static_compute.md holds
-    efficiency: dict  # the metrics.json "efficiency" section
-    efficiency_markdown: str  # the "Efficiency" block of the stakeholder summary
+    efficiency: dict  # the metrics.json "efficiency" section (the summary renders it)
     summary_markdown: str  # the "Static Analysis" block of the stakeholder summary
     paths: tuple[Path, ...]
-
-
-def _cfg(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for key in dotted.split("."):
-        try:
-            node = node[key]
-        except (KeyError, TypeError, AttributeError):
-            return default
-        if node is None:
-            return default
-    return node
 
 
 def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured], Optional[dict]]:
     """Measured runs: from ``static_analysis.metrics`` when set, else this session's
     direct_inference records. Also returns the metrics file's ``env`` (None for the session)."""
-    path = _cfg(cfg, "static_analysis.metrics")
+    path = cfg.static_analysis.metrics
     if path:
         from pytest_dsocr.report.metrics import primary_samples
 
@@ -91,7 +79,7 @@ def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured],
 
 def choose_hardware(cfg: Any, file_env: Optional[dict]) -> HardwareChoice:
     """``hardware.name`` when set; else the GPU a given metrics.json ran on; else this machine's."""
-    name = _cfg(cfg, "hardware.name")
+    name = cfg.hardware.name
     if name or file_env is None:
         return select_hardware(name)
     on_cuda = str(file_env.get("device", "")).startswith("cuda")
@@ -101,43 +89,37 @@ def choose_hardware(cfg: Any, file_env: Optional[dict]) -> HardwareChoice:
 def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str) -> tuple[Workload, tuple[int, int], dict]:
     """The workload the report describes, its crop grid, and where each number came from."""
     spec = SPECS[cfg.model.size]
-    base, image = int(cfg.model.base_size), int(cfg.model.image_size)
-    crop_mode, max_crops = bool(cfg.model.crop_mode), int(_cfg(cfg, "model.max_crops", 9))
-    sa = "static_analysis"
+    model, sa = cfg.model, cfg.static_analysis
     sources = {}
-    grid = _cfg(cfg, f"{sa}.crop_grid")
-    if grid is not None:
-        grid, sources["crop_grid"] = tuple(int(g) for g in grid), "config"
+    if sa.crop_grid is not None:
+        grid, sources["crop_grid"] = tuple(int(g) for g in sa.crop_grid), "config"
         if len(grid) != 2 or min(grid) < 1:
             raise DsocrError(f"static_analysis.crop_grid={list(grid)} must be [w, h] with w, h >= 1")
     elif runs:
         grid, sources["crop_grid"] = Counter(m.crop_grid for m in runs).most_common(1)[0][0], "measured (most common)"
     else:
-        grid = crop_grid_for(REFERENCE_PAGE, base, image, crop_mode, max_crops)
+        grid = crop_grid_for(REFERENCE_PAGE, model.base_size, model.image_size, model.crop_mode, model.max_crops)
         sources["crop_grid"] = f"reference page {REFERENCE_PAGE[0]}x{REFERENCE_PAGE[1]}"
-    text = _cfg(cfg, f"{sa}.text_tokens")
-    if text is not None:
-        sources["text_tokens"] = "config"
+    if sa.text_tokens is not None:
+        text, sources["text_tokens"] = sa.text_tokens, "config"
     elif runs:
         text = round(sum(m.prefill_len - m.image_tokens for m in runs) / len(runs))
         sources["text_tokens"] = "measured (mean)"
     else:
         text, sources["text_tokens"] = DEFAULT_TEXT_TOKENS, "default"
-    wl = workload_for_grid(spec, base, image, grid, text_tokens=int(text),
-                           batch=int(_cfg(cfg, f"{sa}.batch_size", 1)), dtype_bytes=dtype_bytes(dtype),
-                           attention=str(_cfg(cfg, f"{sa}.attention", "flash")))
-    steps = _cfg(cfg, f"{sa}.decode_steps")
-    room = spec.text.max_position_embeddings - int(wl.prefill_tokens)
-    if steps is not None:
-        sources["decode_steps"] = "config"
+    wl = workload_for_grid(spec, model.base_size, model.image_size, grid, text_tokens=int(text),
+                           batch=int(sa.batch_size), dtype_bytes=dtype_bytes(dtype), attention=str(sa.attention))
+    if sa.decode_steps is not None:
+        steps, sources["decode_steps"] = sa.decode_steps, "config"
     elif runs:
         steps = round(sum(max(m.tokens - 1, 0) for m in runs) / len(runs))
         sources["decode_steps"] = "measured (mean)"
-    else:
-        max_new = _cfg(cfg, "infer.max_new_tokens")
+    else:  # up to max_new_tokens, within the decoder's positions ("inf": all of them)
+        room = spec.text.max_position_embeddings - int(wl.prefill_tokens)
+        max_new = cfg.infer.max_new_tokens
         steps = min(int(max_new) - 1, room) if isinstance(max_new, int) else room
         sources["decode_steps"] = f"infer.max_new_tokens={max_new}"
-    return Workload(**{**wl.__dict__, "decode_steps": max(int(steps), 0)}), grid, sources
+    return dataclasses.replace(wl, decode_steps=max(int(steps), 0)), grid, sources
 
 
 def _flop_count(cfg: Any, model: DeepseekOCRCostModel, wl: Workload) -> dict:
@@ -147,13 +129,14 @@ def _flop_count(cfg: Any, model: DeepseekOCRCostModel, wl: Workload) -> dict:
     module = build_model(cfg.model.family, cfg.model.size, device=COUNT_DEVICE,
                          experts_implementation=COUNT_EXPERTS)
     rows = crosscheck(module, model, wl)
+    params = module_params(module)
     return {
         "device": COUNT_DEVICE,
-        "module_params": module_params(module),
+        "module_params": params,
         "analytic_params": model.params,
         "stages": [row.to_json() for row in rows],
-        "within_tolerance": all(abs(row.ratio - 1) <= CROSSCHECK_TOLERANCE for row in rows)
-        and module_params(module) == model.params,
+        "within_tolerance": params == model.params
+        and all(abs(row.ratio - 1) <= CROSSCHECK_TOLERANCE for row in rows),
     }
 
 
@@ -193,7 +176,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{report['dtype']} ({wl['dtype_bytes']} B), {wl['attention']} attention.",
         "",
         (f"Hardware: {hw['display_name']} ({report['hardware_choice']}): peak "
-         f"{hw['peak_tflops'][eff_key(report['dtype'])]:.1f} TFLOP/s, {hw['memory_bandwidth_gb_s']:.0f} GB/s."
+         f"{hw['peak_tflops'][DTYPE_KEYS[report['dtype']]]:.1f} TFLOP/s, {hw['memory_bandwidth_gb_s']:.0f} GB/s."
          if hw else f"Hardware: none ({report['hardware_choice']}); floor times omitted."),
         "",
         "| stage | params (M) | GFLOP | matmul GFLOP | GB | weights GB | KV GB | FLOP/B | bound | floor ms |",
@@ -222,12 +205,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {row['stage']} | {row['analytic_matmul_flops']:,} | "
                          f"{row['flop_counter_flops']:,} | {row['ratio']:.6f} |")
     return "\n".join(lines) + "\n"
-
-
-def eff_key(dtype: str) -> str:
-    from pytest_dsocr.hardware import DTYPE_KEYS
-
-    return DTYPE_KEYS[dtype]
 
 
 def summary_markdown(report: Mapping[str, Any]) -> str:
@@ -278,7 +255,7 @@ def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) ->
                                                            wl.dtype_bytes)),
         "layers": _layers_json(model, wl),
     }
-    report["flop_counter"] = (_flop_count(cfg, model, wl) if _cfg(cfg, "static_analysis.flop_counter", True)
+    report["flop_counter"] = (_flop_count(cfg, model, wl) if cfg.static_analysis.flop_counter
                               else {"skipped": "static_analysis.flop_counter=false"})
     markdown = render_markdown(report)
     out_dir = Path(out_dir)
@@ -288,8 +265,7 @@ def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) ->
     )
     section = eff.efficiency(model, runs, choice, dtype, wl.base_size, wl.image_size, wl.dtype_bytes,
                              wl.attention)
-    return StaticAnalysisResult(report, markdown, section, eff.efficiency_markdown(section),
-                                summary_markdown(report), paths)
+    return StaticAnalysisResult(report, markdown, section, summary_markdown(report), paths)
 
 
 def metrics_section(result: StaticAnalysisResult) -> dict:
@@ -307,5 +283,3 @@ def metrics_section(result: StaticAnalysisResult) -> dict:
         "files": [str(p) for p in result.paths],
     }
 
-
-__all__ = ["StaticAnalysisResult", "run_static_analysis", "metrics_section", "STAGES"]
