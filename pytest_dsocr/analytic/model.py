@@ -226,7 +226,7 @@ class DecoderCost:
             + self.moe_layers * self.moe_layer_params + h
         )
         self.lm_head_params = spec.vocab_size * h
-        self.kv_bytes_per_token_per_byte = 2 * spec.num_hidden_layers * kv_out  # x dtype bytes
+        self.kv_values_per_token = 2 * spec.num_hidden_layers * kv_out  # K and V of every layer
 
     def _mlp(self, tokens: Number, inter: int, nbytes: int) -> Cost:
         h = self.spec.hidden_size
@@ -303,7 +303,7 @@ class DecoderCost:
 
     def kv_cache_bytes(self, batch: Number, context: Number, nbytes: int) -> Number:
         """Bytes the KV cache holds for ``batch`` sequences of ``context`` tokens (all layers)."""
-        return batch * context * self.kv_bytes_per_token_per_byte * nbytes
+        return batch * context * self.kv_values_per_token * nbytes
 
 
 STAGES = ("sam", "clip", "projector", "vision", "prefill", "decode_step", "decode", "lm_head")
@@ -331,10 +331,8 @@ class StageCost:
 
     @property
     def arithmetic_intensity(self) -> Number:
-        """FLOPs per byte moved (0 where nothing moves)."""
-        return np.divide(self.flops, self.bytes, out=np.zeros(np.shape(self.bytes)),
-                         where=np.asarray(self.bytes) > 0) if np.ndim(self.bytes) else (
-            self.flops / self.bytes if self.bytes else 0.0)
+        """FLOPs per byte moved (every stage moves at least its weights, so bytes > 0)."""
+        return np.asarray(self.flops) / np.asarray(self.bytes)
 
     def to_json(self) -> dict:
         """Scalar stage as plain JSON numbers."""
