@@ -3,7 +3,7 @@
 import pytest
 
 from pytest_dsocr.parity import check_sample, load_reference, render_report
-from pytest_dsocr.report.io import atomic_write_text
+from pytest_dsocr.atomic import atomic_write_text
 
 STAGE = "vendor_parity"
 

@@ -14,7 +14,7 @@ from typing import Callable
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.metrics import build_metrics, write_metrics
 from pytest_dsocr.report.summary import render_report, render_stakeholder_summary
-from pytest_dsocr.report.io import atomic_write_text
+from pytest_dsocr.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

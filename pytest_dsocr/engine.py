@@ -7,7 +7,6 @@ ranges and stage timers; ``instrument=False`` switches both off to measure their
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext

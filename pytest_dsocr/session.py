@@ -11,7 +11,6 @@ import itertools
 import logging
 import statistics
 from functools import cached_property
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -40,7 +39,11 @@ def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
         from pytest_dsocr.models.deepseek_ocr.adapter import DeepseekOCRAdapter
 
         return DeepseekOCRAdapter(cfg.model, device, dtype, cfg.infer.prompt)
-    raise DsocrError(f"model.family={cfg.model.family!r}: not supported yet (supported: deepseek_ocr)")
+    if cfg.model.family == "deepseek_ocr2":
+        from pytest_dsocr.models.deepseek_ocr2.adapter import DeepseekOCR2Adapter
+
+        return DeepseekOCR2Adapter(cfg.model, device, dtype, cfg.infer.prompt)
+    raise DsocrError(f"model.family={cfg.model.family!r}: not supported (supported: deepseek_ocr, deepseek_ocr2)")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -18,7 +18,6 @@ def inference_modules_loaded():
     from pytest_dsocr.decoding import DecodePolicy
     from pytest_dsocr.engine import Engine
     from pytest_dsocr.records import Sample
-    from pytest_dsocr.report.summary import render_stakeholder_summary  # noqa: F401
     from pytest_dsocr.session import build_adapter
 
     adapter = build_adapter(load_config(), torch.device("cpu"), torch.float32)

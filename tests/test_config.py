@@ -1,7 +1,5 @@
 """Config loading: presets, overrides, files, and one clear error per bad input."""
 
-from pathlib import Path
-
 import pytest
 
 from pytest_dsocr.config import GROUP_TARGETS, available_presets, load_config

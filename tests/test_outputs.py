@@ -15,16 +15,8 @@ from pytest_dsocr.data.pages import bundled_pages
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.outputs.config import StageOutputConfig
 from pytest_dsocr.outputs.markup import SPECIAL_TOKENS, parse_markup
-from pytest_dsocr.outputs.writers import (
-    PredictionWriter,
-    StageOutputs,
-    atomic_save_image,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    postprocess_vendor_markup,
-    viz_dir_for,
-)
+from pytest_dsocr.atomic import atomic_save_image, atomic_write_bytes, atomic_write_json, atomic_write_text
+from pytest_dsocr.outputs.writers import PredictionWriter, StageOutputs, postprocess_vendor_markup, viz_dir_for
 from pytest_dsocr.records import ImageRun
 
 MARKUP = Path(__file__).parent / "data" / "markup"
@@ -79,9 +71,13 @@ def test_atomic_write_respects_umask(tmp_path):
 
 
 def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
+    class Unencodable:
+        def tolist(self):
+            raise TypeError("cannot encode")
+
     path = atomic_write_json(tmp_path / "metrics.json", {"ok": True})
     with pytest.raises(TypeError):
-        atomic_write_json(path, {"bad": object()})
+        atomic_write_json(path, {"bad": Unencodable()})
     with pytest.raises(OSError):
         atomic_save_image(tmp_path / "metrics.json", Image.new("RGBA", (2, 2)), format="JPEG")
     assert json.loads(path.read_text()) == {"ok": True}

@@ -30,7 +30,7 @@ from pytest_dsocr.analytic.workload import (
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import DTYPE_KEYS, HardwareChoice, select_hardware
 from pytest_dsocr.models.deepseek_ocr.spec import SPECS
-from pytest_dsocr.report.io import atomic_write_text, json_safe
+from pytest_dsocr.atomic import atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for name, s in report["stages"].items():
         floor = f"{s['floor_ms']:.3f}" if "floor_ms" in s else "n/a"
         lines.append(
-            f"| {name} | {_fmt(s['params'], 1e6, 1)} | {_fmt(s['flops'], 1e9, 2)} | {_fmt(s['matmul_flops'], 1e9, 2)} | "
+            f"| {name} | {_fmt(s['params'], 1e6, 1)} | {_fmt(s['flops'], 1e9, 2)} | "
+            f"{_fmt(s['matmul_flops'], 1e9, 2)} | "
             f"{_fmt(s['bytes'], 1e9)} | {_fmt(s['weight_bytes'], 1e9)} | {_fmt(s['kv_bytes'], 1e9)} | "
             f"{s['arithmetic_intensity']:.1f} | {s.get('bound', 'n/a')} | {floor} |"
         )

@@ -24,7 +24,7 @@ from pytest_dsocr.analytic.workload import candidate_grids, dtype_bytes, resolve
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import Hardware
 from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
-from pytest_dsocr.report.io import atomic_write_text
+from pytest_dsocr.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

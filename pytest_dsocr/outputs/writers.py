@@ -14,17 +14,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from PIL import Image
 
+from pytest_dsocr.atomic import atomic_save_image, atomic_write_json, atomic_write_text, to_json_text
 from pytest_dsocr.data.images import load_image
-from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.outputs.markup import clean_text, parse_markup
 from pytest_dsocr.outputs.render import crop_images, draw_boxes
@@ -36,63 +34,6 @@ RESULT_MMD = "result.mmd"
 INFO_JSON = "info.json"
 CROPS_DIR = "images"
 DEFAULT_THUMBNAIL_WIDTH = 480
-
-
-# --- atomic whole-file writes -----------------------------------------------------------
-
-
-def _atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as a plain open() would
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically."""
-    return _atomic(path, lambda handle: handle.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Replace ``path`` with UTF-8 ``text`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def to_json_text(data: Any, indent: int | None = 2) -> str:
-    """JSON text as the project writes it: UTF-8 characters kept, paths as strings."""
-    return json.dumps(data, indent=indent, ensure_ascii=False, default=_json_default)
-
-
-def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Replace ``path`` with ``data`` as JSON atomically (the old file stays if encoding fails)."""
-    return atomic_write_text(path, to_json_text(data, indent) + "\n")
-
-
-def atomic_save_image(path: str | Path, image: Image.Image, format: str | None = None, **params: Any) -> Path:
-    """Replace ``path`` with ``image`` atomically; the format defaults to the file's extension."""
-    path = Path(path)
-    if format is None:
-        format = Image.registered_extensions().get(path.suffix.lower())
-        if format is None:
-            raise DsocrError(f"{path}: unknown image extension {path.suffix!r}")
-    return _atomic(path, lambda handle: image.save(handle, format=format, **params))
 
 
 # --- predictions.jsonl -------------------------------------------------------------------

@@ -111,13 +111,15 @@ class NcuSampleResult:
 class NcuRunner:
     """Runs the ncu children of one session and keeps the tables under ``<run>/ncu/`` current."""
 
-    def __init__(self, preset: NcuConfig, run_dir: Path, rootdir: Path, *, ncu: str = "ncu",
+    def __init__(self, preset: NcuConfig, run_dir: Path, cwd: Path, *, ncu: str = "ncu",
                  python: str = sys.executable, config_file: str | None = None, overrides: Sequence[str] = (),
+                 direct_test: str = DIRECT_TEST,
                  runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
         self.preset = preset
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / STAGE
-        self.rootdir = Path(rootdir)
+        self.cwd = Path(cwd)  # the session's invocation dir: relative config paths mean the same there
+        self.direct_test = direct_test
         self.ncu = ncu
         self.python = python
         self.config_file = config_file
@@ -131,7 +133,8 @@ class NcuRunner:
         export = self.dir / "reports" / test_id if self.preset.export else None
         target = [self.python, *child_pytest_args(
             [test_id], run_dir=self.run_dir / "tmp" / STAGE / test_id, config_file=self.config_file,
-            overrides=self.overrides, child_overrides=list(self.preset.child_overrides))]
+            overrides=self.overrides, child_overrides=list(self.preset.child_overrides),
+            direct_test=self.direct_test)]
         return build_ncu_command(self.preset, log_file=raw, target=target, export=export, ncu=self.ncu), raw, export
 
     def run_sample(self, test_id: str) -> NcuSampleResult:
@@ -140,7 +143,7 @@ class NcuRunner:
             folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, CHILD_ENV: STAGE}
         try:
-            proc = self.runner(command, cwd=self.rootdir, env=env, capture_output=True, text=True,
+            proc = self.runner(command, cwd=self.cwd, env=env, capture_output=True, text=True,
                                timeout=self.preset.timeout_s)
             returncode, log = proc.returncode, (proc.stdout or "") + (proc.stderr or "")
         except subprocess.TimeoutExpired as exc:
@@ -190,6 +193,18 @@ class NcuRunner:
                   f"clock control `{self.preset.clock_control}`. Raw CSV per sample in `raw/`.")
         atomic_write_text(self.dir / "kernels.csv", kernels_csv(self.kernels, latency))
         atomic_write_text(self.dir / "kernels.md", kernels_markdown(self.kernels, latency, self.preset.top_k, header))
+
+    def summary_markdown(self) -> str:
+        """A short block for the stakeholder summary: time and limiter per stage."""
+        from pytest_dsocr.profilers.ncu_csv import per_stage
+        from pytest_dsocr.report.markdown import fmt, table
+
+        stages = per_stage(self.kernels, float(self.preset.latency_bound_pct))
+        rows = [[stage, s["launches"], s["duration_ms"], fmt(s["sm_throughput_pct"], 1),
+                 fmt(s["dram_throughput_pct"], 1), s["bound"] or "n/a"] for stage, s in stages.items()]
+        return (f"{len(self.kernels)} kernel launches profiled (set `{self.preset.set}`); "
+                f"per kernel in `{STAGE}/kernels.md`.\n\n"
+                + table(["Stage", "Launches", "Time (ms)", "SM %", "DRAM %", "Bound"], rows))
 
     def section(self) -> dict:
         data = ncu_section(self.kernels, float(self.preset.latency_bound_pct), self.preset.top_k)

@@ -367,7 +367,7 @@ def nsys_report(report_file: str | Path | Sequence[str | Path], run_dir: str | P
     else:
         reports = [Path(p) for p in report_file]
     if not reports:
-        raise DsocrError(f"nsys-report: no .nsys-rep file at {report_file}")
+        raise DsocrError(f"no .nsys-rep file at {report_file}")
     nsys = nsys or which("nsys")
     if not nsys:
         raise DsocrError(f"nsys not on PATH: install Nsight Systems ({NSYS_URL}) to read {reports[0]}")

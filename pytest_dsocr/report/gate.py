@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.report.io import atomic_write_text
+from pytest_dsocr.atomic import atomic_write_text
 from pytest_dsocr.report.markdown import RATIO_DIGITS, fmt, table
 from pytest_dsocr.report.metrics import (
     DECODE,

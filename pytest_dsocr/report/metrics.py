@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dsocr.records import ImageRun, SampleFailure
-from pytest_dsocr.report.io import atomic_write_json
+from pytest_dsocr.atomic import atomic_write_json
 from pytest_dsocr.report.stats import Stats
 
 SCHEMA_VERSION = 2

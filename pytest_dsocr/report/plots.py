@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_dsocr.report.io import atomic_write_bytes
+from pytest_dsocr.atomic import atomic_write_bytes
 from pytest_dsocr.report.metrics import DECODE, PREFILL, primary_samples, sample_metrics
 
 log = logging.getLogger(__name__)

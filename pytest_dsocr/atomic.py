@@ -1,0 +1,91 @@
+"""Atomic file writes for everything the harness writes: a crash never leaves half a file.
+
+Each write goes to a temporary file in the same folder, is flushed to disk, and replaces the
+target with os.replace, so readers see the previous file or the new one, never a torn one.
+Files get the mode a plain open() would give (the umask decides), not mkstemp's 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from PIL import Image
+
+from pytest_dsocr.errors import DsocrError
+
+FILE_MODE = 0o666  # before the umask, as open() uses
+
+
+def _atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically."""
+    return _atomic(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``path`` with UTF-8 ``text`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of ``value`` that strict JSON accepts.
+
+    NaN and infinity become None (a missing number is more honest than an invented one),
+    tuples and sets become lists, paths and other objects their str.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return [json_safe(item) for item in sorted(value, key=str)]
+    if callable(getattr(value, "tolist", None)):  # numpy arrays and scalars
+        return json_safe(value.tolist())
+    return str(value)
+
+
+def to_json_text(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON as the project writes it: UTF-8 characters kept, indented for people."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False, ensure_ascii=False)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int | None = 2) -> Path:
+    """Replace ``path`` with ``data`` as strict JSON atomically (the old file stays if encoding fails)."""
+    return atomic_write_text(path, to_json_text(data, indent) + "\n")
+
+
+def atomic_save_image(path: str | os.PathLike[str], image: Image.Image, format: str | None = None,
+                      **params: Any) -> Path:
+    """Replace ``path`` with ``image`` atomically; the format defaults to the file's extension."""
+    path = Path(path)
+    if format is None:
+        format = Image.registered_extensions().get(path.suffix.lower())
+        if format is None:
+            raise DsocrError(f"{path}: unknown image extension {path.suffix!r}")
+    return _atomic(path, lambda handle: image.save(handle, format=format, **params))
