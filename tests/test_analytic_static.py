@@ -27,7 +27,8 @@ def _cfg(*overrides: str):
     return load_config(overrides=["model.size=tiny", *overrides])
 
 
-def _run(device: str, grid=(2, 3), tokens=33, prefill_ms=40.0, vision_ms=25.0, decode_ms=64.0, stage="direct_inference"):
+def _run(device: str, grid=(2, 3), tokens=33, prefill_ms=40.0, vision_ms=25.0, decode_ms=64.0,
+         stage="direct_inference"):
     image_tokens = 903 if grid == (2, 3) else 273
     return ImageRun(
         sample_id="page_000", image_path="/x/page_000.png", epoch=0, round=0, stage=stage,

@@ -19,7 +19,7 @@ class StaticAnalysisConfig:
     text_tokens: Optional[int] = None  # prompt tokens besides image tokens; None = measured, else 10
     decode_steps: Optional[int] = None  # decode forward passes; None = measured, else infer.max_new_tokens - 1
     batch_size: int = 1  # sequences per forward
-    flop_counter: bool = True  # count the configured model's FLOPs with torch's FlopCounterMode beside the analytic ones
+    flop_counter: bool = True  # count the module's FLOPs with torch's FlopCounterMode beside the analytic ones
 
 
 @dataclass

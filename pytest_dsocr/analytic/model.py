@@ -94,23 +94,11 @@ class SamCost:
         attn_tokens = batch * padded * padded
         bh = batch * windows * s.heads
         seq = side * side
-        partition = (
-            ops.elementwise(attn_tokens * w, 0, 1, 1, nbytes) * 2 if window else ops.ZERO
-        )  # pad + window partition copy, and the reverse after attention
-        return ops.total((
-            ops.layernorm(tokens, w, nbytes),
-            partition,
-            ops.linear(attn_tokens, w, 3 * w, True, nbytes),
-            ops.decomposed_rel_pos(bh, side, side, hd, nbytes),
-            ops.attention(bh, seq, seq, hd, mode, nbytes, bias=True),
-            ops.linear(attn_tokens, w, w, True, nbytes),
-            ops.residual_add(tokens, w, nbytes),
-            ops.layernorm(tokens, w, nbytes),
-            ops.linear(tokens, w, s.mlp_dim, True, nbytes),
-            ops.elementwise(tokens * s.mlp_dim, ops.GELU_FLOPS, 1, 1, nbytes),
-            ops.linear(tokens, s.mlp_dim, w, True, nbytes),
-            ops.residual_add(tokens, w, nbytes),
-        ))
+        core = ops.decomposed_rel_pos(bh, side, side, hd, nbytes) + ops.attention(
+            bh, seq, seq, hd, mode, nbytes, bias=True)
+        if window:  # pad + window partition copy, and the reverse after attention
+            core = core + ops.elementwise(attn_tokens * w, 0, 1, 1, nbytes) * 2
+        return ops.prenorm_block(tokens, w, s.mlp_dim, core, ops.GELU_FLOPS, nbytes, attn_tokens)
 
     def layers(self, size: int, batch: Number, mode: str, nbytes: int) -> list[LayerCost]:
         s = self.spec
@@ -162,18 +150,8 @@ class ClipCost:
             ops.elementwise(tokens * w, 1, 2, 1, nbytes),  # + position embedding
             ops.layernorm(tokens, w, nbytes),  # pre_layrnorm
         ))
-        layer = ops.total((
-            ops.layernorm(tokens, w, nbytes),
-            ops.linear(tokens, w, 3 * w, True, nbytes),
-            ops.attention(batch * s.heads, seq, seq, self.head_dim, mode, nbytes),
-            ops.linear(tokens, w, w, True, nbytes),
-            ops.residual_add(tokens, w, nbytes),
-            ops.layernorm(tokens, w, nbytes),
-            ops.linear(tokens, w, s.mlp_dim, True, nbytes),
-            ops.elementwise(tokens * s.mlp_dim, ops.QUICK_GELU_FLOPS, 1, 1, nbytes),
-            ops.linear(tokens, s.mlp_dim, w, True, nbytes),
-            ops.residual_add(tokens, w, nbytes),
-        ))
+        core = ops.attention(batch * s.heads, seq, seq, self.head_dim, mode, nbytes)
+        layer = ops.prenorm_block(tokens, w, s.mlp_dim, core, ops.QUICK_GELU_FLOPS, nbytes)
         return [
             LayerCost("clip.embeddings", 1, embed, self.embed_params),
             LayerCost("clip.layer", s.layers, layer, self.layer_params),

@@ -200,6 +200,28 @@ def attention(
     )
 
 
+def prenorm_block(tokens: Number, width: int, mlp_dim: int, attention_core: Cost, act_flops: int,
+                  dtype_bytes: int, attn_tokens: Number | None = None) -> Cost:
+    """A pre-norm ViT block with biased linears: LayerNorm, qkv, ``attention_core``, proj,
+    residual, LayerNorm, MLP (``act_flops`` per hidden element), residual.
+
+    ``attn_tokens`` (default ``tokens``) is what qkv and proj run on: SAM pads to whole windows.
+    """
+    attn_tokens = tokens if attn_tokens is None else attn_tokens
+    return total((
+        layernorm(tokens, width, dtype_bytes),
+        linear(attn_tokens, width, 3 * width, True, dtype_bytes),
+        attention_core,
+        linear(attn_tokens, width, width, True, dtype_bytes),
+        residual_add(tokens, width, dtype_bytes),
+        layernorm(tokens, width, dtype_bytes),
+        linear(tokens, width, mlp_dim, True, dtype_bytes),
+        elementwise(tokens * mlp_dim, act_flops, 1, 1, dtype_bytes),
+        linear(tokens, mlp_dim, width, True, dtype_bytes),
+        residual_add(tokens, width, dtype_bytes),
+    ))
+
+
 def decomposed_rel_pos(
     batch_heads: Number, height: int, width: int, head_dim: int, dtype_bytes: int
 ) -> Cost:

@@ -91,58 +91,26 @@ class Workload:
         return self.image_tokens + self.text_tokens
 
 
-def workload_for_grid(
-    spec: DeepseekOCRSpec,
-    base_size: int,
-    image_size: int,
-    crop_grid: tuple[int, int],
-    *,
-    text_tokens: int = DEFAULT_TEXT_TOKENS,
-    decode_steps: int = 0,
-    batch: int = 1,
-    dtype_bytes: int = 2,
-    attention: str = "flash",
-) -> Workload:
-    """One inference of a page cut into ``crop_grid`` tiles (``(1, 1)``: global view only)."""
-    w, h = crop_grid
-    return Workload(
-        base_size=base_size,
-        image_size=image_size,
-        crops=0 if (w, h) == (1, 1) else w * h,
-        image_tokens=image_token_count(spec, base_size, image_size, (w, h)),
-        text_tokens=text_tokens,
-        decode_steps=decode_steps,
-        batch=batch,
-        dtype_bytes=dtype_bytes,
-        attention=attention,
-    )
+def crop_count(grid: Sequence[int]) -> int:
+    """Tiles the vendor encodes for a crop grid: none for ``(1, 1)`` (global view only)."""
+    w, h = grid
+    return 0 if (w, h) == (1, 1) else w * h
 
 
-def workload_for_grids(
-    spec: DeepseekOCRSpec,
-    base_size: int,
-    image_size: int,
-    grids: Sequence[tuple[int, int]],
-    *,
-    text_tokens: int = DEFAULT_TEXT_TOKENS,
-    decode_steps: int = 0,
-    batch: int = 1,
-    dtype_bytes: int = 2,
-    attention: str = "flash",
-) -> Workload:
+def workload_for_grid(spec: DeepseekOCRSpec, base_size: int, image_size: int, crop_grid: tuple[int, int],
+                      **sizes) -> Workload:
+    """One inference of a page cut into ``crop_grid`` tiles; ``sizes`` are the other
+    :class:`Workload` fields (text_tokens, decode_steps, batch, dtype_bytes, attention)."""
+    return Workload(base_size=base_size, image_size=image_size, crops=crop_count(crop_grid),
+                    image_tokens=image_token_count(spec, base_size, image_size, crop_grid), **sizes)
+
+
+def workload_for_grids(spec: DeepseekOCRSpec, base_size: int, image_size: int,
+                       grids: Sequence[tuple[int, int]], **sizes) -> Workload:
     """The workloads of many grids as one :class:`Workload` of arrays (one sweep evaluation)."""
-    crops = np.array([0 if tuple(g) == (1, 1) else g[0] * g[1] for g in grids], dtype=np.int64)
-    tokens = np.array(
-        [image_token_count(spec, base_size, image_size, tuple(g)) for g in grids], dtype=np.int64
-    )
     return Workload(
-        base_size=base_size,
-        image_size=image_size,
-        crops=crops,
-        image_tokens=tokens,
-        text_tokens=text_tokens,
-        decode_steps=decode_steps,
-        batch=batch,
-        dtype_bytes=dtype_bytes,
-        attention=attention,
+        base_size=base_size, image_size=image_size,
+        crops=np.array([crop_count(g) for g in grids], dtype=np.int64),
+        image_tokens=np.array([image_token_count(spec, base_size, image_size, g) for g in grids], dtype=np.int64),
+        **sizes,
     )
