@@ -20,6 +20,7 @@ EXIT_USAGE = 2
 # name -> (module with add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("pytest_dsocr.report.compare", "compare two saved runs stage by stage; exit 1 on a regression"),
+    "nsys-report": ("pytest_dsocr.profilers.nsys_cli", "fold an Nsight Systems report into GPU time per stage"),
 }
 
 
