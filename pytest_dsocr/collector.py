@@ -78,11 +78,14 @@ class Collector:
 
     def flush(self, *, complete: bool = False, reason: str | None = None) -> dict:
         metrics = self.metrics(complete=complete, reason=reason)
-        run_dir = self.run_dir
-        write_metrics(run_dir, metrics)
-        summary = render_stakeholder_summary(metrics, list(self.summary_sections.items()))
-        atomic_write_text(run_dir / SUMMARY_FILE, summary)
+        write_metrics(self.run_dir, metrics)
+        self.rewrite_summary(metrics)
         return metrics
+
+    def rewrite_summary(self, metrics: dict) -> None:
+        """Re-render the stakeholder summary from final metrics (e.g. after the regression gate)."""
+        sections = list(self.summary_sections.items())
+        atomic_write_text(self.run_dir / SUMMARY_FILE, render_stakeholder_summary(metrics, sections))
 
     def finish(self, *, complete: bool, reason: str | None = None) -> dict:
         """Final write: metrics.json, summary, report.md and plots (when matplotlib is there)."""
@@ -93,7 +96,6 @@ class Collector:
         plots = write_plots(metrics, run_dir)
         metrics["plots"] = plots
         write_metrics(run_dir, metrics)
-        sections = list(self.summary_sections.items())
-        atomic_write_text(run_dir / SUMMARY_FILE, render_stakeholder_summary(metrics, sections))
-        atomic_write_text(run_dir / REPORT_FILE, render_report(metrics))
+        self.rewrite_summary(metrics)
+        atomic_write_text(run_dir / REPORT_FILE, render_report(metrics, list(self.summary_sections.items())))
         return metrics

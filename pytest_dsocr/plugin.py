@@ -9,23 +9,19 @@ from pathlib import Path
 import pytest
 
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.stages import STAGE_HELP, STAGES
 
 log = logging.getLogger("pytest_dsocr")
 
-# Stages in the order they run: static analysis reads the times direct_inference measured.
-STAGES = ("direct_inference", "static_analysis", "torch_profiler", "nsys", "ncu", "vendor_parity", "sweep")
-STAGE_HELP = {
-    "direct_inference": "inference through the engine, no profiler",
-    "static_analysis": "analytic cost model and FLOP-count cross-check; MFU/MBU against the hardware",
-    "torch_profiler": "torch.profiler around sampled runs (--dsocr-profiler=torch)",
-    "nsys": "Nsight Systems capture of measured rounds (--dsocr-profiler=nsys)",
-    "ncu": "Nsight Compute kernel metrics of NVTX-selected ranges (--dsocr-profiler=ncu)",
-    "vendor_parity": "our instrumented path vs the model's own generate",
-    "sweep": "analytic sweeps over crop grids and context lengths",
-}
 PROFILERS = ("none", "torch", "nsys", "ncu")
 
 STATE_KEY = pytest.StashKey["DsocrState"]()
+
+
+def pytest_addhooks(pluginmanager) -> None:
+    from pytest_dsocr import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -126,6 +122,8 @@ class DsocrState:
             counts = {"warmup_rounds": self.cfg.infer.warmup_rounds, "rounds": self.cfg.infer.rounds,
                       "samples": len(self.samples)}
             self._collector = Collector(lambda: self.run_dir, self.config_dict, env, memory, counts)
+            hook = self.pytest_config.hook.pytest_dsocr_update_metrics
+            self._collector.hooks_for_metrics.append(lambda metrics: hook(config=self.pytest_config, metrics=metrics))
         return self._collector
 
     @property
@@ -252,8 +250,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
             return
         state.gate_result = result
+        state.collector.add_summary_section("Regression gate", result.markdown())
+        state.collector.rewrite_summary(metrics)
         if result.failed:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    """Put the run dir and the stage aggregates into --benchmark-json (per-test stage timings
+    are already in each benchmark's extra_info), so --benchmark-compare keeps working beside
+    the dsocr gate."""
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or state._collector is None or not state._collector.has_data:
+        return
+    metrics = getattr(state, "final_metrics", None) or state.collector.metrics(complete=False)
+    output_json["dsocr"] = {
+        "run_dir": str(state.run_dir),
+        "aggregates": metrics.get("aggregates", {}),
+        "complete": metrics.get("complete"),
+    }
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

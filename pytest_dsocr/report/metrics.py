@@ -50,20 +50,12 @@ from typing import Any
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.atomic import atomic_write_json
 from pytest_dsocr.report.stats import Stats
+from pytest_dsocr.stages import STAGES
 
 SCHEMA_VERSION = 2
 METRICS_FILE = "metrics.json"
 PRIMARY_STAGE = "direct_inference"
-# Benchmark stages in the order the suite runs them (DESIGN.md "Stages").
-STAGE_ORDER = (
-    "direct_inference",
-    "static_analysis",
-    "torch_profiler",
-    "nsys",
-    "ncu",
-    "vendor_parity",
-    "sweep",
-)
+STAGE_ORDER = STAGES  # benchmark stages in the order the suite runs them
 # Timed stages every record carries, as ImageRun fields "<name>_ms". Sub-stages come from
 # ImageRun.substage_ms and nest inside vision, which nests inside prefill.
 PREFILL, VISION, DECODE = "prefill", "vision", "decode"
