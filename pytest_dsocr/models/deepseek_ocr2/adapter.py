@@ -1,0 +1,101 @@
+"""DeepSeek-OCR-2 behind the engine's ModelAdapter protocol.
+
+The same steps as v1's adapter, on transformers' native model: ``prepare`` (transformers'
+processor), ``encode_images`` (SAM -> Qwen2 encoder with causal-flow queries -> projector, the
+model's own ``get_image_features``), ``prefill`` (image features scattered into the prompt
+embeddings as the model's forward does, then the decoder), ``decode_step`` (one token with the KV
+cache). ``generate_reference`` is the model's own ``generate`` on the processor's inputs, for
+parity checks. Sub-stages: ``sam`` (``vision_tower.sam_encoder``), ``encoder``
+(``vision_tower.vision_encoder``), ``projector`` (``multi_modal_projector``); each runs once for
+the tiles and once for the global view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from pytest_dsocr.data.images import load_image
+from pytest_dsocr.decoding import DecodePolicy
+from pytest_dsocr.models import build_model
+from pytest_dsocr.models.deepseek_ocr2.processing import (
+    PreparedInputs,
+    ViewSettings,
+    build_processor,
+    prepare_inputs,
+)
+from pytest_dsocr.models.deepseek_ocr2.spec import SPECS
+from pytest_dsocr.models.deepseek_ocr2.tokenizer import load_tokenizer
+
+FAMILY = "deepseek_ocr2"
+SUBSTAGES = ("sam", "encoder", "projector")
+
+
+class DeepseekOCR2Adapter:
+    family = FAMILY
+    substages = SUBSTAGES
+
+    def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str) -> None:
+        self.spec = SPECS[model_cfg.size]
+        self.device = device
+        self.dtype = dtype
+        self.prompt = prompt
+        self.views = ViewSettings.from_model_config(model_cfg.base_size, model_cfg.image_size,
+                                                    model_cfg.crop_mode, model_cfg.max_crops)
+        self.model = build_model(FAMILY, model_cfg.size, device=str(device), dtype=dtype,
+                                 path=model_cfg.path, seed=model_cfg.seed)
+        self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
+        self.processor = build_processor(self.tokenizer, self.spec, self.views)
+        self.max_positions = self.spec.text.max_position_embeddings
+        self.eos_token_id = self.spec.eos_token_id
+
+    def substage_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        inner = self.model.model
+        tower = inner.vision_tower
+        return [("sam", tower.sam_encoder), ("encoder", tower.vision_encoder),
+                ("projector", inner.multi_modal_projector)]
+
+    def load(self, image_path: Path):
+        return load_image(image_path)
+
+    def prepare(self, image) -> PreparedInputs:
+        return prepare_inputs(image, self.processor, self.spec, self.views, prompt=self.prompt,
+                              dtype=self.dtype, device=self.device)
+
+    def encode_images(self, prepared: PreparedInputs) -> torch.Tensor:
+        """Image features in prompt order: tiles, global view, view separator."""
+        features = self.model.model.get_image_features(**prepared.model_kwargs(), return_dict=True)
+        return torch.cat(features.pooler_output, dim=0)
+
+    def prefill(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        inner = self.model.model
+        inputs_embeds = inner.get_input_embeddings()(prepared.input_ids)
+        image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+        mask = inner.get_placeholder_mask(prepared.input_ids, inputs_embeds, image_embeds)
+        inputs_embeds = inputs_embeds.masked_scatter(mask, image_embeds)
+        cache = DynamicCache()
+        out = self.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        # float32 copy of the last position, as generate() takes it before the logits processors
+        return out.logits[:, -1].float(), out.past_key_values
+
+    def decode_step(self, token: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
+        """The model's own ``generate`` on the processor's inputs: the reference path for parity."""
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=prepared.input_ids,
+                attention_mask=prepared.attention_mask,
+                **prepared.model_kwargs(),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=policy.eos_token_id,
+                **policy.generate_kwargs(),
+            )
+        return out[0, prepared.input_ids.shape[1]:].tolist()
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
