@@ -109,7 +109,7 @@ def test_build_model_is_seeded():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"family": "deepseek_ocr2", "size": "tiny"}, "not yet supported"),
+        ({"family": "deepseek_ocr2", "size": "huge"}, "huge"),
         ({"family": "nougat", "size": "tiny"}, "nougat"),
         ({"family": "deepseek_ocr", "size": "huge"}, "huge"),
         ({"family": "deepseek_ocr", "size": "tiny", "dtype": "int3"}, "int3"),

@@ -1,8 +1,8 @@
 """Model families behind one builder: ``build_model(family, size, ...)`` returns the torch module.
 
-Only ``deepseek_ocr`` (v1) is built here for now; each family keeps its sizes in its own
-``spec.py``. No code path reaches a model hub: weights come from a local folder or from a
-seeded random init.
+``deepseek_ocr`` (v1, our own module) and ``deepseek_ocr2`` (v2, transformers' native model);
+each family keeps its sizes in its own ``spec.py``. No code path reaches a model hub: weights
+come from a local folder or from a seeded random init.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pytest_dsocr.errors import DsocrError
 log = logging.getLogger(__name__)
 
 FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
-NOT_YET_SUPPORTED = frozenset({"deepseek_ocr2"})
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -59,8 +58,8 @@ def build_model(family: str, size: str, device: str | torch.device = "cpu",
     random from ``seed``. ``experts_implementation`` picks transformers' MoE kernel
     (None: eager on CPU, transformers' default elsewhere).
     """
-    if family in NOT_YET_SUPPORTED:
-        raise DsocrError(f"model.family={family!r} is not yet supported; use deepseek_ocr")
+    if family == "deepseek_ocr2":
+        return _build_deepseek_ocr2(size, device, dtype, path, seed, experts_implementation)
     if family != "deepseek_ocr":
         raise DsocrError(f"model.family={family!r}: unknown model family; choose one of {', '.join(FAMILIES)}")
     from pytest_dsocr.models.deepseek_ocr import checkpoint
@@ -81,3 +80,18 @@ def build_model(family: str, size: str, device: str | torch.device = "cpu",
     if path is not None:
         checkpoint.load_checkpoint(model, path)
     return model.eval()
+
+
+def _build_deepseek_ocr2(size, device, dtype, path, seed, experts_implementation) -> torch.nn.Module:
+    """transformers' DeepseekOcr2ForConditionalGeneration: seeded random init, or a local checkpoint."""
+    from pytest_dsocr.models.deepseek_ocr2 import modeling
+    from pytest_dsocr.models.deepseek_ocr2.spec import SPECS
+
+    if size not in SPECS:
+        raise DsocrError(f"model.size={size!r}: unknown size of deepseek_ocr2; choose one of {', '.join(SPECS)}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if path is not None:
+        return modeling.load_deepseek_ocr2(path, SPECS[size], torch_device, torch_dtype, experts_implementation)
+    return modeling.build_deepseek_ocr2(SPECS[size], torch_device, torch_dtype, seed=seed,
+                                        experts_implementation=experts_implementation)
