@@ -66,6 +66,8 @@ class ModelAdapter(Protocol):
     def encode_images(self, prepared: Any) -> Any: ...
     def prefill(self, prepared: Any, image_embeds: Any) -> tuple[torch.Tensor, Any]: ...
     def decode_step(self, token: torch.Tensor, cache: Any) -> torch.Tensor: ...
+    # Optional: ``begin_decode(cache, prompt_len, budget) -> cache`` between prefill and decode
+    # (the static backend moves the prefill's keys/values into its static buffers there).
     def decode_text(self, token_ids: list[int]) -> str: ...
 
 
@@ -151,6 +153,9 @@ class Engine:
                 processors.extend(self.extra_processors(length))
             generator = torch.Generator(device=prompt_ids.device).manual_seed(policy.seed) if policy.do_sample else None
             token = policy.select(seen[:, :length], logits, processors, generator)
+            begin_decode = getattr(adapter, "begin_decode", None)
+            if begin_decode is not None:
+                cache = begin_decode(cache, length, budget)
         generated: list[int] = []
         finish_reason = "length"
         with self._stage("decode", timer):

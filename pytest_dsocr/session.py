@@ -38,7 +38,7 @@ def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
     if cfg.model.family == "deepseek_ocr":
         from pytest_dsocr.models.deepseek_ocr.adapter import DeepseekOCRAdapter
 
-        return DeepseekOCRAdapter(cfg.model, device, dtype, cfg.infer.prompt)
+        return DeepseekOCRAdapter(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
     if cfg.model.family == "deepseek_ocr2":
         from pytest_dsocr.models.deepseek_ocr2.adapter import DeepseekOCR2Adapter
 

@@ -104,3 +104,16 @@ def test_hooks_see_every_stage_once_per_call(adapter, pages):
     assert {"sam", "clip", "projector", "decode"} <= set(stages)
     assert hooks.events[0] == ("start", pages[0].stem, 2, False)
     assert hooks.events[-1] == ("end", pages[0].stem, 2, False, True)
+
+
+def test_static_backend_gives_the_eager_tokens(pages):
+    """decode_backend=static (static KV cache; graphs only on CUDA) decodes the eager path's tokens."""
+    cfg = load_config(overrides=["infer.decode_backend=static"])
+    static = build_adapter(cfg, torch.device("cpu"), torch.float32)
+    eager = build_adapter(load_config(), torch.device("cpu"), torch.float32)
+    policy = DecodePolicy(eos_token_id=eager.eos_token_id, no_repeat_ngram_size=20)
+    for page in (pages[2], pages[4]):
+        want = Engine(eager, policy, MAX_NEW_TOKENS).run(sample_of(page))
+        got = Engine(static, policy, MAX_NEW_TOKENS).run(sample_of(page))
+        assert got.token_ids == want.token_ids
+    assert static.static.active is not None and static.static.active.graph is None  # no graph on the CPU

@@ -25,7 +25,8 @@ class DeepseekOCRAdapter:
     family = "deepseek_ocr"
     substages = ("sam", "clip", "projector")
 
-    def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str) -> None:
+    def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str,
+                 decode_backend: str = "eager") -> None:
         self.spec = SPECS[model_cfg.size]
         self.device = device
         self.dtype = dtype
@@ -39,6 +40,13 @@ class DeepseekOCRAdapter:
         self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
+        self.decode_backend = decode_backend
+        self.static = None
+        if decode_backend == "static":
+            from pytest_dsocr.static_decode import StaticDecoder
+
+            self.static = StaticDecoder(self.model, self.model.model.language_model.config,
+                                        self.max_positions, device)
 
     def substage_modules(self) -> list[tuple[str, torch.nn.Module]]:
         inner = self.model.model
@@ -66,7 +74,15 @@ class DeepseekOCRAdapter:
         # float32 copy of the last position, as generate() takes it before the logits processors
         return out.logits[:, -1].float(), out.past_key_values
 
-    def decode_step(self, token: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def begin_decode(self, cache: DynamicCache, prompt_len: int, budget: int):
+        if self.static is None:
+            return cache
+        self.static.start(cache, prompt_len, budget)
+        return self.static
+
+    def decode_step(self, token: torch.Tensor, cache) -> torch.Tensor:
+        if self.static is not None:
+            return self.static.step(token)
         out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
