@@ -224,6 +224,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
 
 def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) -> StaticAnalysisResult:
     """Everything the static_analysis stage does, given the resolved config and the session's runs."""
+    if cfg.model.family == "deepseek_ocr2":  # DeepSeek-OCR-2's cost model and token layout
+        from pytest_dsocr.analytic.deepseek_ocr2 import run_static_analysis as run_v2
+
+        return run_v2(cfg, out_dir, records)
     if cfg.model.family != SUPPORTED_FAMILY:
         raise DsocrError(f"static_analysis: model.family={cfg.model.family!r} has no cost model yet; "
                          f"use {SUPPORTED_FAMILY}")

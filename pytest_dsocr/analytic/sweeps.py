@@ -257,6 +257,10 @@ def run_sweep_stage(cfg, out_dir: Path) -> SweepStageResult:
     from pytest_dsocr.hardware import select_hardware
     from pytest_dsocr.models.deepseek_ocr.spec import SPECS
 
+    if cfg.model.family == "deepseek_ocr2":  # DeepSeek-OCR-2's cost model, tile grids and token layout
+        from pytest_dsocr.analytic.deepseek_ocr2 import run_sweep_stage as run_v2
+
+        return run_v2(cfg, out_dir)
     if cfg.model.family != "deepseek_ocr":
         raise DsocrError(f"sweep: model.family={cfg.model.family!r} has no cost model yet; use deepseek_ocr")
     spec = SPECS[cfg.model.size]
