@@ -121,6 +121,16 @@ def test_engine_stops_at_eos_like_generate(adapter, pages):
     assert adapter.generate_reference(prepared, eos_policy, 32) == list(run.token_ids)
 
 
+def test_static_backend_gives_the_eager_tokens(adapter, pages):
+    """decode_backend=static (v1's static-cache decoder; graphs only on CUDA) on the v2 model."""
+    static = build_adapter(load_config(overrides=[*V2, "infer.decode_backend=static"]), torch.device("cpu"),
+                           torch.float32)
+    policy = DecodePolicy(eos_token_id=adapter.eos_token_id, no_repeat_ngram_size=3)
+    eager = Engine(adapter, policy, 8).run(sample_of(pages[0]))
+    assert Engine(static, policy, 8).run(sample_of(pages[0])).token_ids == eager.token_ids
+    assert static.static.active is not None and static.static.active.graph is None
+
+
 class StageNames(ProfilingHooks):
     def __init__(self):
         self.names = []

@@ -4,7 +4,8 @@ The same steps as v1's adapter, on transformers' native model: ``prepare`` (tran
 processor), ``encode_images`` (SAM -> Qwen2 encoder with causal-flow queries -> projector, the
 model's own ``get_image_features``), ``prefill`` (image features scattered into the prompt
 embeddings as the model's forward does, then the decoder), ``decode_step`` (one token with the KV
-cache). ``generate_reference`` is the model's own ``generate`` on the processor's inputs, for
+cache; with ``decode_backend="static"`` v1's static-cache decoder, graph-captured on CUDA, takes
+over after prefill). ``generate_reference`` is the model's own ``generate`` on the processor's inputs, for
 parity checks. Sub-stages: ``sam`` (``vision_tower.sam_encoder``), ``encoder``
 (``vision_tower.vision_encoder``), ``projector`` (``multi_modal_projector``); each runs once for
 the tiles and once for the global view.
@@ -37,7 +38,8 @@ class DeepseekOCR2Adapter:
     family = FAMILY
     substages = SUBSTAGES
 
-    def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str) -> None:
+    def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str,
+                 decode_backend: str = "eager") -> None:
         self.spec = SPECS[model_cfg.size]
         self.device = device
         self.dtype = dtype
@@ -50,6 +52,13 @@ class DeepseekOCR2Adapter:
         self.processor = build_processor(self.tokenizer, self.spec, self.views)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
+        self.decode_backend = decode_backend
+        self.static = None
+        if decode_backend == "static":
+            from pytest_dsocr.static_decode import StaticDecoder
+
+            self.static = StaticDecoder(self.model, self.model.model.language_model.config,
+                                        self.max_positions, device)
 
     def substage_modules(self) -> list[tuple[str, torch.nn.Module]]:
         inner = self.model.model
@@ -80,7 +89,16 @@ class DeepseekOCR2Adapter:
         # float32 copy of the last position, as generate() takes it before the logits processors
         return out.logits[:, -1].float(), out.past_key_values
 
-    def decode_step(self, token: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def begin_decode(self, cache: DynamicCache, prompt_len: int, budget: int):
+        """The static backend takes the prefill's keys/values into its buffers (eager: unchanged)."""
+        if self.static is None:
+            return cache
+        self.static.start(cache, prompt_len, budget)
+        return self.static
+
+    def decode_step(self, token: torch.Tensor, cache) -> torch.Tensor:
+        if self.static is not None:
+            return self.static.step(token)
         out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
