@@ -42,7 +42,7 @@ def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
     if cfg.model.family == "deepseek_ocr2":
         from pytest_dsocr.models.deepseek_ocr2.adapter import DeepseekOCR2Adapter
 
-        return DeepseekOCR2Adapter(cfg.model, device, dtype, cfg.infer.prompt)
+        return DeepseekOCR2Adapter(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
     raise DsocrError(f"model.family={cfg.model.family!r}: not supported (supported: deepseek_ocr, deepseek_ocr2)")
 
 
