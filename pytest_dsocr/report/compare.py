@@ -69,11 +69,9 @@ def family_table(run_a: Mapping[str, Any], run_b: Mapping[str, Any]) -> str:
     label_a, label_b = _label(run_a, "A"), _label(run_b, "B")
     stages_a = (run_a.get("aggregates") or {}).get("stage_ms") or {}
     stages_b = (run_b.get("aggregates") or {}).get("stage_ms") or {}
-    names = [PREFILL, VISION]
-    names += [n for n in [*stages_a, *stages_b] if n not in (PREFILL, VISION, DECODE)]
-    names.append(DECODE)
+    names = [PREFILL, VISION, *_merged_substages(stages_a, stages_b), DECODE]
     rows = []
-    for name in dict.fromkeys(names):
+    for name in names:
         a, b = stages_a.get(name) or {}, stages_b.get(name) or {}
         if a or b:
             rows.append((name, fmt(a.get("p50")), fmt(b.get("p50")), _ratio(a.get("p50"), b.get("p50"))))
@@ -89,6 +87,21 @@ def family_table(run_a: Mapping[str, Any], run_b: Mapping[str, Any]) -> str:
         "p50 per stage, times in ms. Sub-stages differ between families (a stage one family lacks shows n/a)."
     )
     return heading + "\n\n" + table(("Stage", label_a, label_b, "B / A"), rows)
+
+
+def _merged_substages(stages_a: Mapping[str, Any], stages_b: Mapping[str, Any]) -> list[str]:
+    """Both runs' sub-stages in pipeline order, a stage of B that A lacks placed before B's next
+    stage that A has: v1 (sam, clip, projector) and v2 (sam, encoder, projector) give sam, clip,
+    encoder, projector, so each family's vision encoder sits beside the other's."""
+    outer = (PREFILL, VISION, DECODE)
+    merged = [name for name in stages_a if name not in outer]
+    others = [name for name in stages_b if name not in outer]
+    for index, name in enumerate(others):
+        if name in merged:
+            continue
+        following = next((n for n in others[index + 1:] if n in merged), None)
+        merged.insert(merged.index(following) if following else len(merged), name)
+    return merged
 
 
 def _label(run: Mapping[str, Any], fallback: str) -> str:
