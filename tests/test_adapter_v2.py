@@ -184,3 +184,24 @@ def test_direct_inference_and_parity_stages_run_v2(pytester, inference_modules_l
     assert metrics["vendor_parity"]["all_ok"] is True
     summary = (run_dir / "stakeholder_summary.md").read_text()
     assert "| encoder |" in summary and "clip" not in summary
+
+
+def test_family_table_puts_each_familys_encoder_side_by_side():
+    from pytest_dsocr.report.compare import family_table
+
+    def run(family, stages):
+        return {"config": {"model": {"family": family, "size": "tiny"}},
+                "aggregates": {"stage_ms": {name: {"p50": ms, "count": 1} for name, ms in stages.items()}}}
+
+    v1 = run("deepseek_ocr", {"prefill": 40.0, "vision": 30.0, "sam": 20.0, "clip": 8.0, "projector": 1.0,
+                              "decode": 50.0})
+    v2 = run("deepseek_ocr2", {"prefill": 30.0, "vision": 20.0, "sam": 15.0, "encoder": 4.0, "projector": 0.5,
+                               "decode": 50.0})
+    def stages(table):
+        return [line.split("|")[1].strip() for line in table.splitlines()
+                if line.startswith("| ") and not line.startswith("| ---")]
+
+    assert stages(family_table(v1, v2))[:8] == ["Stage", "prefill", "vision", "sam", "clip", "encoder",
+                                                "projector", "decode"]
+    assert "| encoder | n/a | 4.00 | n/a |" in family_table(v1, v2)
+    assert stages(family_table(v2, v1))[3:7] == ["sam", "encoder", "clip", "projector"]
