@@ -78,9 +78,10 @@ def test_grid_and_token_count_match_the_processor(size, crop_mode, max_crops, gr
 
 
 def test_unsupported_view_sizes_fall_back_to_the_published_ones(caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning) as record:
         settings = ViewSettings.from_model_config(1280, 640, True, 9)
     assert (settings.base_size, settings.tile_size, settings.max_patches) == (1024, 768, 9)
+    assert [str(w.message).split(":")[0] for w in record] == ["model.base_size=1280", "model.image_size=640"]
     assert "model.image_size=640" in caplog.text and "model.base_size=1280" in caplog.text
 
 

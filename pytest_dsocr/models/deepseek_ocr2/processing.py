@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -94,8 +95,10 @@ class ViewSettings:
 def _supported(key: str, value: int, published: int) -> int:
     if value in QUERY_VIEW_SIZES:
         return value
-    log.warning("%s=%s: DeepSeek-OCR-2 has causal-flow queries for %s px views only; using the "
-                "published %d", key, value, " and ".join(map(str, QUERY_VIEW_SIZES)), published)
+    message = (f"{key}={value}: DeepSeek-OCR-2 has causal-flow queries for "
+               f"{' and '.join(map(str, QUERY_VIEW_SIZES))} px views only; using the published {published}")
+    log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)  # pytest lists it in the run's warnings summary
     return published
 
 
