@@ -1,8 +1,9 @@
 """Stage ncu: each sampled page in a child process under Nsight Compute.
 
-With --dsocr-profiler=ncu and ncu on PATH, the child is this page's direct_inference test, and ncu
-profiles the kernels launched inside profiling.ncu.nvtx_include (default: prefill and decode).
-Writes <run>/ncu/kernels.csv, kernels.md, raw/, reports/, logs/ and metrics.json `ncu`.
+With --dsocr-profiler=ncu and ncu on PATH, the child is this page's direct_inference test, run once
+per profiling.ncu.ranges entry (sam, clip, projector, the decoder's prefill, decode), and ncu
+profiles up to launch_count kernels launched inside that range. The first max_samples pages are
+profiled. Writes <run>/ncu/kernels.csv, kernels.md, raw/, reports/, logs/ and metrics.json `ncu`.
 """
 
 from pathlib import Path
@@ -42,6 +43,9 @@ def ncu_runner(request, dsocr_config, dsocr_profiler, dsocr_run_dir, dsocr_colle
 
 @pytest.mark.ncu
 def test_ncu(ncu_runner, dsocr_sample, dsocr_collector):
+    if ncu_runner.limit_reached():
+        pytest.skip(f"profiling.ncu.max_samples={ncu_runner.preset.max_samples} pages already profiled "
+                    "(kernels repeat across pages); raise it to profile more")
     result = ncu_runner.run_sample(dsocr_sample.test_id)
     if result.skip:
         pytest.skip(result.skip)

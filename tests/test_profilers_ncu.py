@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.profilers.config import NCU_DEFAULT_METRICS, NcuConfig
+from pytest_dsocr.profilers.config import NCU_DEFAULT_METRICS, NcuConfig, NcuRange, validate_ncu_config
 from pytest_dsocr.profilers.ncu import (
     NcuRunner,
     build_import_command,
@@ -49,11 +49,12 @@ def preset(**changes) -> NcuConfig:
 def test_ncu_command_exact_argv():
     cfg = preset(metrics=["gpu__time_duration.sum", "dram__bytes.sum"], kernel_regex="gemm|gemv",
                  sections=["MemoryWorkloadAnalysis"], launch_skip=5, launch_count=50)
-    argv = build_ncu_command(cfg, log_file="/r/ncu/raw/e0-p.csv", export="/r/ncu/reports/e0-p",
+    prefill = NcuRange("prefill", ["dsocr@prefill/"], ["dsocr@vision/"])
+    argv = build_ncu_command(cfg, prefill, log_file="/r/ncu/raw/e0-p.prefill.csv", export="/r/ncu/reports/e0-p.prefill",
                              target=["/py", "-m", "pytest", "x"], ncu="/opt/ncu")
     assert argv == [
         "/opt/ncu", "--nvtx",
-        "--nvtx-include", "dsocr@prefill/", "--nvtx-include", "dsocr@decode/",
+        "--nvtx-include", "dsocr@prefill/", "--nvtx-exclude", "dsocr@vision/",
         "--set", "basic", "--section", "MemoryWorkloadAnalysis",
         "--metrics", "gpu__time_duration.sum,dram__bytes.sum",
         "-k", "regex:gemm|gemv",
@@ -61,15 +62,16 @@ def test_ncu_command_exact_argv():
         "--clock-control", "none", "--replay-mode", "kernel", "--cache-control", "all",
         "--target-processes", "all",
         "--csv", "--page", "raw", "--print-units", "base",
-        "--log-file", "/r/ncu/raw/e0-p.csv",
-        "--export", "/r/ncu/reports/e0-p", "--force-overwrite",
+        "--log-file", "/r/ncu/raw/e0-p.prefill.csv",
+        "--export", "/r/ncu/reports/e0-p.prefill", "--force-overwrite",
         "/py", "-m", "pytest", "x",
     ]
 
 
 def test_ncu_command_defaults_without_export_or_kernel_filter():
-    argv = build_ncu_command(preset(), log_file="raw.csv", target=["python3", "probe.py"])
-    assert "-k" not in argv and "--export" not in argv
+    argv = build_ncu_command(preset(), NcuRange(), log_file="raw.csv", target=["python3", "probe.py"])
+    assert "-k" not in argv and "--export" not in argv and "--nvtx-exclude" not in argv
+    assert argv[1:4] == ["--nvtx", "--nvtx-include", "dsocr@decode/"]
     assert argv[argv.index("--metrics") + 1] == ",".join(NCU_DEFAULT_METRICS)
     assert argv[-4:] == ["--log-file", "raw.csv", "python3", "probe.py"]
 
@@ -97,7 +99,24 @@ def test_presets_load_and_command_line_prints_argv(capsys):
         load_preset("nope")
     assert main(["command", "--log-file", "raw.csv", "--", "python3", "-m", "probe"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "ncu" and lines[-3:] == ["python3", "-m", "probe"]
+    assert lines[:4] == ["ncu", "--nvtx", "--nvtx-include", "dsocr@sam/"] and lines[-3:] == ["python3", "-m", "probe"]
+    assert main(["command", "--log-file", "raw.csv", "--include", "dsocr@prefill/", "--include", "dsocr@decode/",
+                 "--", "python3"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:6] == [
+        "--nvtx", "--nvtx-include", "dsocr@prefill/", "--nvtx-include", "dsocr@decode/"]
+
+
+def test_default_ranges_give_every_stage_its_own_pass():
+    cfg = load_preset("default")
+    assert [(r.name, list(r.include), list(r.exclude)) for r in cfg.ranges] == [
+        ("sam", ["dsocr@sam/"], []), ("clip", ["dsocr@clip/"], []), ("projector", ["dsocr@projector/"], []),
+        ("prefill", ["dsocr@prefill/"], ["dsocr@vision/"]), ("decode", ["dsocr@decode/"], [])]
+    validate_ncu_config(cfg)
+    cfg.ranges[1].name = "sam"
+    with pytest.raises(DsocrError, match="names repeat"):
+        validate_ncu_config(cfg)
+    with pytest.raises(DsocrError, match="profiling.ncu.launch_count"):
+        validate_ncu_config(preset(launch_count=0))
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -209,7 +228,11 @@ class FakeNcu:
         return subprocess.CompletedProcess(command, self.returncode, stdout=self.log, stderr="")
 
 
+ONE_RANGE = [NcuRange("decode", ["dsocr@decode/"])]
+
+
 def runner_for(tmp_path, fake, **changes):
+    changes.setdefault("ranges", ONE_RANGE)
     return NcuRunner(preset(**changes), tmp_path / "run", tmp_path, ncu="ncu", python="/py",
                      config_file=None, overrides=["infer.max_new_tokens=4"], runner=fake)
 
@@ -223,12 +246,45 @@ def test_run_sample_writes_tables_and_marks_the_child(tmp_path):
     assert kwargs["env"]["DSOCR_PROFILER_CHILD"] == "ncu"
     assert "--dsocr-profiler=none" in command and "--dsocr-set=infer.max_new_tokens=4" in command
     assert "--dsocr-set=infer.warmup_rounds=0" in command  # the preset's child overrides come last
+    assert "--dsocr-run-dir=" + str(tmp_path / "run" / "tmp" / "ncu" / "e0-page_001.decode") in command
     ncu_dir = tmp_path / "run" / "ncu"
     assert (ncu_dir / "kernels.md").is_file() and (ncu_dir / "kernels.csv").is_file()
-    assert (ncu_dir / "logs" / "e0-page_001.log").read_text().startswith("ncu --nvtx")
+    assert (ncu_dir / "raw" / "e0-page_001.decode.csv").is_file()
+    assert (ncu_dir / "logs" / "e0-page_001.decode.log").read_text().startswith("ncu --nvtx")
     section = runner.section()
     assert section["samples"] == ["e0-page_001"] and section["launches"] == 36
     assert section["preset"]["set"] == "basic"
+    assert {k.range for k in result.kernels} == {"decode"}
+    assert "decode" in runner.summary_markdown()
+
+
+def test_one_pass_per_range_and_sample_limit(tmp_path):
+    fake = FakeNcu(RECORDED.read_text())
+    runner = runner_for(tmp_path, fake, ranges=[NcuRange("sam", ["dsocr@sam/"]),
+                                                NcuRange("prefill", ["dsocr@prefill/"], ["dsocr@vision/"])],
+                        max_samples=1)
+    assert not runner.limit_reached()
+    result = runner.run_sample("e0-page_001")
+    assert len(fake.calls) == 2 and len(result.kernels) == 72
+    assert [c[c.index("--nvtx-include") + 1] for c, _ in fake.calls] == ["dsocr@sam/", "dsocr@prefill/"]
+    assert "--nvtx-exclude" in fake.calls[1][0]
+    assert runner.limit_reached()
+
+
+def test_a_range_without_kernels_is_not_an_error(tmp_path):
+    nothing = "==PROF== Disconnected from process 1\n==WARNING== No kernels were profiled.\n"
+    fake = FakeNcu(RECORDED.read_text())
+    runner = runner_for(tmp_path, fake, ranges=[NcuRange("sam", ["dsocr@sam/"]), NcuRange("decode", ["dsocr@decode/"])],
+                        export=False)
+    calls = iter([nothing, RECORDED.read_text()])
+
+    def one_empty(command, **kwargs):
+        fake.csv_text = next(calls)
+        return fake(command, **kwargs)
+
+    runner.runner = one_empty
+    result = runner.run_sample("e0-page_001")
+    assert result.error is None and len(result.kernels) == 36
 
 
 def test_run_sample_imports_the_report_when_the_log_has_no_csv(tmp_path):
@@ -250,7 +306,10 @@ def test_failed_child_is_an_error_with_the_log(tmp_path):
     assert "exited with 1" in result.error and "FAILED test_direct_inference" in result.error
 
 
-def test_no_kernel_in_the_filter_is_an_error(tmp_path):
+def test_no_kernel_in_any_range_is_an_error(tmp_path):
     header_only = "\n".join(RECORDED.read_text().splitlines()[:6]) + "\n"
     result = runner_for(tmp_path, FakeNcu(header_only)).run_sample("e0-page_001")
+    assert "profiled no kernel" in result.error
+    nothing = "==WARNING== No kernels were profiled.\n"
+    result = runner_for(tmp_path, FakeNcu(nothing, to_log=True)).run_sample("e0-page_002")
     assert "profiled no kernel" in result.error

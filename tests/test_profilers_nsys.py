@@ -115,13 +115,21 @@ def test_capture_mode_from_environment():
     assert capture_mode({}) == "open"
 
 
+NSYS_2025 = "/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64"  # nsys shipped inside Nsight Compute
+
+
 @pytest.mark.parametrize("env, nsys, ncu", [
     ({}, False, False),
     ({"DSOCR_PROFILER_CHILD": "nsys"}, True, False),
-    ({"NSYS_PROFILING_SESSION_ID": "7"}, True, False),
-    ({"CUDA_INJECTION64_PATH": "/opt/nvidia/nsight-systems/2025.3.1/target-linux-x64/libToolsInjection64.so"}, True, False),
-    ({"LD_PRELOAD": "/opt/nvidia/nsight-compute/2025.3.1/target/linux-desktop-glibc_2_11_3-x64/libTreeLauncherPlaceholder.so",
-      "CUDA_INJECTION64_PATH": "/opt/nvidia/nsight-compute/2025.3.1/target/linux-desktop-glibc_2_11_3-x64/libTreeLauncherTargetInjection.so"},
+    # as recorded under nsys 2025.3.1 (benchmarks/perf/gpu_profilers.sh facts)
+    ({"NSYS_PROFILING_SESSION_ID": "10529", "CUDA_INJECTION64_PATH": f"{NSYS_2025}/libToolsInjection64.so",
+      "NVTX_INJECTION64_PATH": f"{NSYS_2025}/libToolsInjection64.so",
+      "LD_PRELOAD": f"{NSYS_2025}/libToolsInjectionProxy64.so:{NSYS_2025}/libLinuxKeyboardInterceptorProxy.so"},
+     True, False),
+    ({"CUDA_INJECTION64_PATH": "/opt/nvidia/nsight-systems/2024.6/target-linux-x64/libToolsInjection64.so"}, True, False),
+    # as recorded under ncu 2025.3.1
+    ({"NV_TPS_LAUNCH_TOKEN": "Interactive Profile",
+      "NV_COMPUTE_PROFILER_PERFWORKS_DIR": "/opt/nvidia/nsight-compute/2025.3.1/target/linux-desktop-glibc_2_11_3-x64/."},
      False, True),
     ({"DSOCR_PROFILER_CHILD": "ncu"}, False, True),
 ])

@@ -8,8 +8,10 @@
 #   probe   ncu on `python -m pytest_dsocr.profilers.probe` (a few kernels inside the
 #           engine's NVTX ranges) with the ncu stage's own command builder; the raw CSV it
 #           writes is the recorded parser fixture                       -> OUT_DIR/probe_raw.csv
-#   stages  the torch_profiler stage with CUDA activities and the ncu stage on the tiny model,
-#           through pytest                                              -> OUT_DIR/run/, OUT_DIR/ncu_raw.csv
+#   stages  the torch_profiler stage with CUDA activities (after direct_inference, the overhead
+#           baseline) and the ncu stage on the tiny model, through pytest, SAMPLES pages (3)
+#           -> OUT_DIR/torch_operators.md, torch_metrics.json, kernels.md, kernels.csv, ncu_raw_decode.csv
+#           (ONLY=torch or ONLY=ncu runs one of the two)
 #
 # Needs a CUDA build of torch and ncu on PATH (or NCU=/path/to/ncu). A missing python
 # package is installed from .whl/ when that folder holds wheels (see the device notes).
@@ -55,7 +57,8 @@ facts() {
 probe() {
   # The exact argv the ncu stage builds, around the probe instead of a pytest child.
   mapfile -t CMD < <("$PYTHON" -m pytest_dsocr.profilers.ncu command --ncu "$NCU" \
-      --log-file "$OUT_DIR/probe_raw.csv" --export "$OUT_DIR/probe" -- "$PYTHON" -m pytest_dsocr.profilers.probe)
+      --log-file "$OUT_DIR/probe_raw.csv" --export "$OUT_DIR/probe" --include dsocr@prefill/ --include dsocr@decode/ \
+      -- "$PYTHON" -m pytest_dsocr.profilers.probe)
   printf '%q ' "${CMD[@]}" >"$OUT_DIR/probe_command.txt"; echo >>"$OUT_DIR/probe_command.txt"
   "${CMD[@]}" >"$OUT_DIR/probe_stdout.txt" 2>&1
   echo "probe ncu exit $?"
@@ -66,19 +69,41 @@ probe() {
 }
 
 stages() {
-  "$PYTHON" -m pytest benchmarks -m "direct_inference or torch_profiler" --dsocr-profiler=torch \
-      --dsocr-run-dir "$OUT_DIR/run" -p no:cacheprovider -q 2>&1 | tail -25
-  "$PYTHON" -m pytest benchmarks -m ncu --dsocr-profiler=ncu --dsocr-run-dir "$OUT_DIR/run_ncu" \
-      -p no:cacheprovider -q 2>&1 | tail -25
-  cp "$OUT_DIR"/run_ncu/ncu/raw/*.csv "$OUT_DIR/" 2>/dev/null
-  for f in "$OUT_DIR"/run/torch_profiler/operators.md "$OUT_DIR"/run_ncu/ncu/kernels.md; do
-    [ -f "$f" ] && { echo "== $f"; head -40 "$f"; }
+  # Runs live under RUN_ROOT; the files worth keeping are copied flat into OUT_DIR.
+  local runs=${RUN_ROOT:-/tmp/dsocr_gpu_profilers} samples=${SAMPLES:-3}
+  rm -rf "$runs"; mkdir -p "$runs"
+  if ! "$PYTHON" -c 'import importlib.metadata as m, sys; sys.exit(not any(e.name == "dsocr" for e in m.entry_points(group="pytest11")))'; then
+    "$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
+      || echo "could not install pytest-dsocr (the plugin must be importable as an entry point)"
+  fi
+  local common=(-p no:cacheprovider -q --dsocr-set "dataset.sampling.num_samples_per_epoch=$samples")
+  if [ "${ONLY:-}" != ncu ]; then
+    "$PYTHON" -m pytest benchmarks -m "direct_inference or torch_profiler" --dsocr-profiler=torch \
+        --dsocr-run-dir "$runs/torch" "${common[@]}" 2>&1 | tail -15
+  fi
+  if [ "${ONLY:-}" != torch ]; then
+    "$PYTHON" -m pytest benchmarks -m ncu --dsocr-profiler=ncu --dsocr-run-dir "$runs/ncu" "${common[@]}" 2>&1 | tail -15
+  fi
+  cp "$runs/torch/torch_profiler/operators.md" "$OUT_DIR/torch_operators.md" 2>/dev/null
+  cp "$runs/torch/torch_profiler/stage_operators.md" "$OUT_DIR/torch_stage_operators.md" 2>/dev/null
+  cp "$runs/torch/metrics.json" "$OUT_DIR/torch_metrics.json" 2>/dev/null
+  cp "$runs/ncu/ncu/kernels.md" "$runs/ncu/ncu/kernels.csv" "$OUT_DIR/" 2>/dev/null
+  cp "$(ls "$runs"/ncu/ncu/raw/*.decode.csv 2>/dev/null | head -1)" "$OUT_DIR/ncu_raw_decode.csv" 2>/dev/null
+  ls "$runs"/ncu/ncu/logs/*.log >/dev/null 2>&1 && tail -c 4000 "$(ls "$runs"/ncu/ncu/logs/*.log | head -1)" >"$OUT_DIR/ncu_child.log"
+  for f in "$OUT_DIR/torch_operators.md" "$OUT_DIR/kernels.md"; do
+    [ -f "$f" ] && { echo "== $f"; head -45 "$f"; }
   done
-  "$PYTHON" - "$OUT_DIR/run/metrics.json" <<'EOF'
+  "$PYTHON" - "$OUT_DIR/torch_metrics.json" <<'EOF2'
 import json, sys
-data = json.load(open(sys.argv[1]))
-print("profiler_overhead", json.dumps(data.get("profiler_overhead"), indent=1)[:1500])
-EOF
+try:
+    data = json.load(open(sys.argv[1]))
+except OSError as exc:
+    sys.exit(f"no metrics: {exc}")
+overhead = data.get("profiler_overhead") or {}
+print("profiler_overhead ratio", overhead.get("ratio"), "baseline", overhead.get("baseline"),
+      "per_stage", overhead.get("per_stage"))
+print("torch activities", (data.get("torch_profiler") or {}).get("activities"))
+EOF2
 }
 
 case "$WHAT" in

@@ -92,22 +92,49 @@ class NsysConfig:
 
 
 @dataclass
+class NcuRange:
+    """One pass of ncu over one sample: the kernels launched inside these NVTX ranges.
+
+    Filters use ncu's push/pop syntax, ``<domain>@<range>/`` (``dsocr@decode/``: any kernel
+    launched while ``decode`` is on the stack); several includes are OR'ed, an exclude drops
+    kernels whose stack also holds that range (``dsocr@vision/`` keeps prefill to the decoder).
+    """
+
+    name: str = "decode"  # the pass's name in file names and kernels.csv
+    include: List[str] = field(default_factory=lambda: ["dsocr@decode/"])  # --nvtx-include
+    exclude: List[str] = field(default_factory=list)  # --nvtx-exclude
+
+
+def _default_ncu_ranges() -> list:
+    return [
+        NcuRange("sam", ["dsocr@sam/"]),
+        NcuRange("clip", ["dsocr@clip/"]),
+        NcuRange("projector", ["dsocr@projector/"]),
+        NcuRange("prefill", ["dsocr@prefill/"], ["dsocr@vision/"]),
+        NcuRange("decode", ["dsocr@decode/"]),
+    ]
+
+
+@dataclass
 class NcuConfig:
-    """`ncu` flags for the ncu stage's child process (one child per sample)."""
+    """`ncu` flags for the ncu stage's child processes: per sample, one child per range, each
+    profiling up to launch_count kernels of that range (so every stage gets kernels, not just
+    the first one to launch)."""
 
     set: str = "basic"  # --set: section set (`ncu --list-sets`): basic | detailed | full | roofline ...
     sections: List[str] = field(default_factory=list)  # extra --section identifiers
     metrics: List[str] = field(default_factory=lambda: list(NCU_DEFAULT_METRICS))  # --metrics on top of the set
-    nvtx_include: List[str] = field(default_factory=lambda: ["dsocr@prefill/", "dsocr@decode/"])  # --nvtx-include filters
+    ranges: List[NcuRange] = field(default_factory=_default_ncu_ranges)  # one ncu pass per entry
     kernel_regex: Optional[str] = None  # -k regex:<pattern>; null = every kernel in the NVTX filter
-    launch_skip: int = 0  # --launch-skip: matching kernel launches left unprofiled first
-    launch_count: int = 200  # --launch-count: matching kernel launches profiled per sample
+    launch_skip: int = 0  # --launch-skip: matching kernel launches left unprofiled first, per range
+    launch_count: int = 20  # --launch-count: matching kernel launches profiled per range and sample
+    max_samples: Optional[int] = 2  # samples profiled (kernels repeat across pages); null = every sample
     clock_control: str = "none"  # --clock-control: none keeps the boost clocks production runs at; base locks them
     replay_mode: str = "kernel"  # --replay-mode
     cache_control: str = "all"  # --cache-control: all flushes caches before each replay pass
-    export: bool = True  # keep ncu/reports/<sample>.ncu-rep for the Nsight Compute GUI
+    export: bool = True  # keep ncu/reports/<sample>.<range>.ncu-rep for the Nsight Compute GUI
     child_overrides: List[str] = field(default_factory=lambda: ["infer.warmup_rounds=0", "infer.rounds=1"])  # --dsocr-set for the child
-    timeout_s: int = 1800  # per-sample limit of the child process
+    timeout_s: int = 1800  # limit of one child process
     top_k: int = 30  # kernels in ncu/kernels.md
     latency_bound_pct: float = 60.0  # SM and memory throughput both below this: latency-bound
 
@@ -168,6 +195,18 @@ def validate_ncu_config(cfg: NcuConfig, prefix: str = "profiling.ncu") -> None:
     _check_choice(f"{prefix}.cache_control", cfg.cache_control, NCU_CACHE_CONTROL)
     require_int(cfg.launch_skip, f"{prefix}.launch_skip", 0)
     require_int(cfg.launch_count, f"{prefix}.launch_count", 1)
+    if cfg.max_samples is not None:
+        require_int(cfg.max_samples, f"{prefix}.max_samples", 1)
+    if not cfg.ranges:
+        raise DsocrError(f"{prefix}.ranges: empty; give at least one {{name, include}} entry")
+    names = [r.name for r in cfg.ranges]
+    for index, entry in enumerate(cfg.ranges):
+        if not str(entry.name).strip() or not str(entry.name).replace("_", "").replace("-", "").isalnum():
+            raise DsocrError(f"{prefix}.ranges[{index}].name={entry.name!r}: letters, digits, - and _ only")
+        if not entry.include:
+            raise DsocrError(f"{prefix}.ranges[{index}].include: empty; e.g. [dsocr@decode/]")
+    if len(set(names)) != len(names):
+        raise DsocrError(f"{prefix}.ranges: names repeat ({names})")
     require_int(cfg.timeout_s, f"{prefix}.timeout_s", 1)
     require_int(cfg.top_k, f"{prefix}.top_k", 1)
     if not 0.0 <= float(cfg.latency_bound_pct) <= 100.0:

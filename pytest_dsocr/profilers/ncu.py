@@ -1,6 +1,10 @@
 """Nsight Compute: the ncu stage runs each selected sample in a child process under ``ncu``.
 
-The child is the direct_inference test of that sample (``--dsocr-profiler=none``, the
+Per sample there is one child per ``profiling.ncu.ranges`` entry (sam, clip, projector, the
+decoder's prefill, decode by default), each profiling up to ``launch_count`` kernels launched
+inside that entry's NVTX ranges, so every stage gets kernels rather than only the first to
+launch; ``max_samples`` bounds the samples (kernels repeat across pages). The child is the
+direct_inference test of that sample (``--dsocr-profiler=none``, the
 environment variable :data:`~pytest_dsocr.profilers.tools.CHILD_ENV` set so it never starts a
 profiler itself), with ``profiling.ncu.child_overrides`` on top of the session's own config
 (one unwarmed inference by default: ncu replays every kernel in isolation, so warm-up buys
@@ -8,9 +12,9 @@ nothing). ncu profiles the kernels launched inside the preset's NVTX ranges and 
 page as CSV, which :mod:`pytest_dsocr.profilers.ncu_csv` turns into ``ncu/kernels.csv``,
 ``ncu/kernels.md`` and the ``ncu`` section of metrics.json.
 
-Files under ``<run>/ncu/``: ``raw/<test id>.csv`` (ncu's own CSV), ``reports/<test id>.ncu-rep``
-(with ``export``), ``logs/<test id>.log`` (ncu's and the child's output), ``kernels.csv``,
-``kernels.md``.
+Files under ``<run>/ncu/``: ``raw/<test id>.<range>.csv`` (ncu's own CSV),
+``reports/<test id>.<range>.ncu-rep`` (with ``export``), ``logs/<test id>.<range>.log`` (ncu's
+and the child's output), ``kernels.csv``, ``kernels.md``.
 
 ``python -m pytest_dsocr.profilers.ncu command ... -- TARGET...`` prints the argv the stage
 would run around TARGET; ``python -m pytest_dsocr.profilers.ncu parse FILE`` prints the kernel
@@ -30,7 +34,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.profilers.config import NcuConfig
+from pytest_dsocr.profilers.config import NcuConfig, NcuRange
 from pytest_dsocr.profilers.ncu_csv import NcuKernel, kernels_csv, kernels_markdown, ncu_section, parse_raw_csv
 from pytest_dsocr.profilers.tools import CHILD_ENV
 from pytest_dsocr.atomic import atomic_write_text
@@ -44,17 +48,20 @@ PERMISSION_HELP = ("ncu may not read the GPU performance counters (ERR_NVGPUCTRP
 LOG_TAIL_CHARS = 2000
 
 
-def build_ncu_command(preset: NcuConfig, *, log_file: str | Path, target: Sequence[str],
+def build_ncu_command(preset: NcuConfig, nvtx_range: NcuRange, *, log_file: str | Path, target: Sequence[str],
                       export: str | Path | None = None, ncu: str = "ncu") -> list[str]:
-    """The ncu argv around ``target`` (the child command), in the documented CLI spelling.
+    """The ncu argv of one pass around ``target`` (the child command), in the documented CLI
+    spelling.
 
     ``--csv --page raw --print-units base --log-file`` puts one CSV row per kernel, in base
     units (nanoseconds, bytes), into ``log_file``; ``--export`` also keeps the report for the
     Nsight Compute GUI.
     """
     cmd = [ncu, "--nvtx"]
-    for expression in preset.nvtx_include:
+    for expression in nvtx_range.include:
         cmd += ["--nvtx-include", str(expression)]
+    for expression in nvtx_range.exclude:
+        cmd += ["--nvtx-exclude", str(expression)]
     cmd += ["--set", str(preset.set)]
     for section in preset.sections:
         cmd += ["--section", str(section)]
@@ -126,19 +133,49 @@ class NcuRunner:
         self.overrides = list(overrides)
         self.runner = runner
         self.kernels: list[NcuKernel] = []
+        self.samples: list[str] = []
         self.commands: dict[str, list[str]] = {}
 
-    def command_for(self, test_id: str) -> tuple[list[str], Path, Path | None]:
-        raw = self.dir / "raw" / f"{test_id}.csv"
-        export = self.dir / "reports" / test_id if self.preset.export else None
+    def command_for(self, test_id: str, nvtx_range: NcuRange) -> tuple[list[str], Path, Path | None]:
+        stem = f"{test_id}.{nvtx_range.name}"
+        raw = self.dir / "raw" / f"{stem}.csv"
+        export = self.dir / "reports" / stem if self.preset.export else None
         target = [self.python, *child_pytest_args(
-            [test_id], run_dir=self.run_dir / "tmp" / STAGE / test_id, config_file=self.config_file,
+            [test_id], run_dir=self.run_dir / "tmp" / STAGE / stem, config_file=self.config_file,
             overrides=self.overrides, child_overrides=list(self.preset.child_overrides),
             direct_test=self.direct_test)]
-        return build_ncu_command(self.preset, log_file=raw, target=target, export=export, ncu=self.ncu), raw, export
+        command = build_ncu_command(self.preset, nvtx_range, log_file=raw, target=target, export=export, ncu=self.ncu)
+        return command, raw, export
+
+    def limit_reached(self) -> bool:
+        """True once ``max_samples`` samples were profiled."""
+        limit = self.preset.max_samples
+        return limit is not None and len(self.samples) >= limit
 
     def run_sample(self, test_id: str) -> NcuSampleResult:
-        command, raw, export = self.command_for(test_id)
+        """Every range's pass over one sample; the first failure stops the sample."""
+        result = NcuSampleResult(test_id=test_id, command=[], returncode=0)
+        kernels: list[NcuKernel] = []
+        for nvtx_range in self.preset.ranges:
+            one = self._run_range(test_id, nvtx_range)
+            result.command, result.returncode, result.log = one.command, one.returncode, one.log
+            if one.skip or one.error:
+                result.skip, result.error = one.skip, one.error
+                return result
+            kernels.extend(one.kernels)
+        result.kernels = kernels
+        if not kernels:
+            names = [r.name for r in self.preset.ranges]
+            result.error = (f"ncu profiled no kernel of {test_id} in the ranges {names}: check "
+                            "profiling.ncu.ranges and kernel_regex")
+            return result
+        self.samples.append(test_id)
+        self.kernels.extend(kernels)
+        self.write_tables()
+        return result
+
+    def _run_range(self, test_id: str, nvtx_range: NcuRange) -> NcuSampleResult:
+        command, raw, export = self.command_for(test_id, nvtx_range)
         for folder in {raw.parent, self.dir / "logs"} | ({export.parent} if export else set()):
             folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, CHILD_ENV: STAGE}
@@ -148,31 +185,25 @@ class NcuRunner:
             returncode, log = proc.returncode, (proc.stdout or "") + (proc.stderr or "")
         except subprocess.TimeoutExpired as exc:
             returncode, log = -1, f"timed out after {self.preset.timeout_s} s (profiling.ncu.timeout_s)\n{exc}"
-        atomic_write_text(self.dir / "logs" / f"{test_id}.log", " ".join(command) + "\n\n" + log)
-        self.commands[test_id] = command
+        log_path = self.dir / "logs" / f"{raw.stem}.log"
+        atomic_write_text(log_path, " ".join(command) + "\n\n" + log)
+        self.commands[f"{test_id}.{nvtx_range.name}"] = command
         result = NcuSampleResult(test_id=test_id, command=command, returncode=returncode, log=log)
         text = raw.read_text(encoding="utf-8", errors="replace") if raw.is_file() else ""
-        if text and PERMISSION_ERROR in text:
-            log += text
-        if PERMISSION_ERROR in log:
+        if PERMISSION_ERROR in log or PERMISSION_ERROR in text:
             result.skip = PERMISSION_HELP
             return result
         if '"ID"' not in text and export is not None:
             text = self._import(export, raw) or text
         if returncode != 0:
-            result.error = f"ncu exited with {returncode}; log {self.dir / 'logs' / (test_id + '.log')}:\n" + log[-LOG_TAIL_CHARS:]
+            result.error = f"ncu exited with {returncode}; log {log_path}:\n" + log[-LOG_TAIL_CHARS:]
             return result
+        if '"ID"' not in text:
+            return result  # no kernel of this range was launched (e.g. a page without crops)
         try:
-            result.kernels = parse_raw_csv(text)
+            result.kernels = parse_raw_csv(text, range_name=nvtx_range.name)
         except DsocrError as exc:
             result.error = f"{exc}\n" + log[-LOG_TAIL_CHARS:]
-            return result
-        if not result.kernels:
-            result.error = (f"ncu profiled no kernel of {test_id}: check profiling.ncu.nvtx_include "
-                            f"{list(self.preset.nvtx_include)} and kernel_regex")
-            return result
-        self.kernels.extend(result.kernels)
-        self.write_tables()
         return result
 
     def _import(self, export: Path, raw: Path) -> str | None:
@@ -188,9 +219,12 @@ class NcuRunner:
 
     def write_tables(self) -> None:
         latency = float(self.preset.latency_bound_pct)
-        header = (f"Preset: set `{self.preset.set}`, NVTX filter {', '.join(f'`{e}`' for e in self.preset.nvtx_include)}, "
-                  f"launch skip {self.preset.launch_skip}, launch count {self.preset.launch_count} per sample, "
-                  f"clock control `{self.preset.clock_control}`. Raw CSV per sample in `raw/`.")
+        passes = "; ".join(f"{r.name}: {' '.join(r.include)}" + (f" minus {' '.join(r.exclude)}" if r.exclude else "")
+                           for r in self.preset.ranges)
+        header = (f"Preset: set `{self.preset.set}`, one ncu pass per range ({passes}), launch skip "
+                  f"{self.preset.launch_skip} and launch count {self.preset.launch_count} per pass and sample, "
+                  f"clock control `{self.preset.clock_control}`, samples: {', '.join(self.samples)}. "
+                  "Raw CSV per pass in `raw/`.")
         atomic_write_text(self.dir / "kernels.csv", kernels_csv(self.kernels, latency))
         atomic_write_text(self.dir / "kernels.md", kernels_markdown(self.kernels, latency, self.preset.top_k, header))
 
@@ -209,7 +243,7 @@ class NcuRunner:
     def section(self) -> dict:
         data = ncu_section(self.kernels, float(self.preset.latency_bound_pct), self.preset.top_k)
         data["preset"] = OmegaConf.to_container(self.preset) if OmegaConf.is_config(self.preset) else dict(vars(self.preset))
-        data["samples"] = sorted(self.commands)
+        data["samples"] = list(self.samples)
         data["files"] = {"kernels_csv": "ncu/kernels.csv", "kernels_md": "ncu/kernels.md", "raw": "ncu/raw/"}
         return data
 
@@ -235,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command.add_argument("--ncu", default="ncu")
     command.add_argument("--log-file", required=True)
     command.add_argument("--export")
+    command.add_argument("--range", dest="range_name", help="the preset's range entry (default: the first)")
+    command.add_argument("--include", action="append", default=[], help="NVTX include filter instead of a range entry")
+    command.add_argument("--exclude", action="append", default=[], help="NVTX exclude filter (with --include)")
     command.add_argument("target", nargs=argparse.REMAINDER, help="-- TARGET [ARGS...]")
     parse = commands.add_parser("parse", help="print the kernel table of an ncu raw CSV")
     parse.add_argument("file")
@@ -245,7 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = args.target[1:] if args.target[:1] == ["--"] else args.target
         if not target:
             parser.error("command: give the target after --")
-        print("\n".join(build_ncu_command(preset, log_file=args.log_file, target=target,
+        if args.include:
+            nvtx_range = NcuRange("custom", list(args.include), list(args.exclude))
+        else:
+            matches = [r for r in preset.ranges if args.range_name in (None, r.name)]
+            if not matches:
+                parser.error(f"no range {args.range_name!r} in the preset ({[r.name for r in preset.ranges]})")
+            nvtx_range = matches[0]
+        print("\n".join(build_ncu_command(preset, nvtx_range, log_file=args.log_file, target=target,
                                           export=args.export, ncu=args.ncu)))
         return 0
     kernels = parse_raw_csv(Path(args.file).read_text(encoding="utf-8", errors="replace"))

@@ -43,7 +43,7 @@ SI_PREFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 
 BOUND_COMPUTE, BOUND_MEMORY, BOUND_LATENCY = "compute", "memory", "latency"
 KERNEL_NAME_WIDTH = 70  # characters of a kernel name shown in kernels.md (full names in kernels.csv)
-CSV_FIELDS = ("id", "sample", "stage", "kernel", "duration_us", "sm_throughput_pct", "memory_throughput_pct",
+CSV_FIELDS = ("id", "sample", "stage", "range", "kernel", "duration_us", "sm_throughput_pct", "memory_throughput_pct",
               "dram_throughput_pct", "achieved_occupancy_pct", "flops", "dram_bytes", "arithmetic_intensity",
               "bound", "block_size", "grid_size", "nvtx")
 
@@ -107,6 +107,7 @@ class NcuKernel:
     flops: float | None
     block_size: str = ""
     grid_size: str = ""
+    range: str = ""  # the ncu pass (profiling.ncu.ranges entry) that profiled it
 
     @property
     def arithmetic_intensity(self) -> float | None:
@@ -123,7 +124,8 @@ class NcuKernel:
 
     def to_row(self, latency_pct: float) -> dict:
         return {
-            "id": self.id, "sample": self.sample or "", "stage": self.stage, "kernel": self.kernel,
+            "id": self.id, "sample": self.sample or "", "stage": self.stage, "range": self.range,
+            "kernel": self.kernel,
             "duration_us": None if self.duration_ns is None else self.duration_ns / 1e3,
             "sm_throughput_pct": self.sm_throughput_pct, "memory_throughput_pct": self.memory_throughput_pct,
             "dram_throughput_pct": self.dram_throughput_pct, "achieved_occupancy_pct": self.achieved_occupancy_pct,
@@ -152,8 +154,9 @@ def _nvtx_text(header: Sequence[str], row: dict[str, str]) -> str:
     return " | ".join(row[name] for name in columns if row.get(name))
 
 
-def parse_raw_csv(text: str, known_stages: Iterable[str] = STAGE_ORDER) -> list[NcuKernel]:
-    """Kernel records of ``ncu --csv --page raw`` output, each with its innermost stage."""
+def parse_raw_csv(text: str, known_stages: Iterable[str] = STAGE_ORDER, range_name: str = "") -> list[NcuKernel]:
+    """Kernel records of ``ncu --csv --page raw`` output, each with its innermost stage
+    (``range_name`` tags them with the ncu pass that profiled them)."""
     header, units, rows = read_raw_csv(text)
     kernels = []
     for index, row in enumerate(rows):
@@ -179,7 +182,7 @@ def parse_raw_csv(text: str, known_stages: Iterable[str] = STAGE_ORDER) -> list[
             dram_throughput_pct=_metric(row, units, DRAM_THROUGHPUT),
             achieved_occupancy_pct=_metric(row, units, OCCUPANCY),
             dram_bytes=dram_bytes, flops=flops,
-            block_size=row.get("Block Size", ""), grid_size=row.get("Grid Size", ""),
+            block_size=row.get("Block Size", ""), grid_size=row.get("Grid Size", ""), range=range_name,
         ))
     return kernels
 

@@ -14,15 +14,16 @@ from collections.abc import Mapping
 # the ncu children), naming the profiler; a child never starts another profiler.
 CHILD_ENV = "DSOCR_PROFILER_CHILD"
 
-# Environment variables that name a tool's injection library. CUDA_INJECTION64_PATH is CUDA's
-# documented hook for tools (CUPTI-based profilers set it), NVTX_INJECTION64_PATH is NVTX's;
-# LD_PRELOAD carries the rest. Nsight Systems' libraries are libToolsInjection*.so, Nsight
-# Compute's libTreeLauncher*/libcuda-injection.so (version dependent, hence several markers).
+# How a process knows a tool launched it, as seen on Nsight Systems and Nsight Compute 2025.3.1
+# (benchmarks/perf/gpu_profilers.sh facts). nsys sets NSYS_PROFILING_SESSION_ID and points
+# CUDA's and NVTX's documented tool hooks (CUDA_INJECTION64_PATH, NVTX_INJECTION64_PATH) and
+# LD_PRELOAD at its libToolsInjection*.so (those also ship inside Nsight Compute's folder, so the
+# library name counts, not the folder). ncu sets NV_TPS_LAUNCH_TOKEN and
+# NV_COMPUTE_PROFILER_PERFWORKS_DIR in its target.
 INJECTION_ENV = ("CUDA_INJECTION64_PATH", "NVTX_INJECTION64_PATH", "LD_PRELOAD")
-NSYS_MARKERS = ("toolsinjection", "nsight-systems", "nsight_systems", "/nsys")
-NCU_MARKERS = ("treelauncher", "nsight-compute", "nsight_compute", "cuda-injection")
-# Set by nsys in the profiled process's environment (seen in current releases).
+NSYS_LIBRARY_MARKER = "libtoolsinjection"
 NSYS_SESSION_ENV = "NSYS_PROFILING_SESSION_ID"
+NCU_ENV = ("NV_TPS_LAUNCH_TOKEN", "NV_COMPUTE_PROFILER_PERFWORKS_DIR")
 
 NSYS_URL = "https://developer.nvidia.com/nsight-systems"
 NCU_URL = "https://developer.nvidia.com/nsight-compute"
@@ -43,17 +44,13 @@ def under_nsys(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     if env.get(CHILD_ENV) == "nsys" or env.get(NSYS_SESSION_ENV):
         return True
-    text = _injection_text(env)
-    return any(marker in text for marker in NSYS_MARKERS) and not any(marker in text for marker in NCU_MARKERS)
+    return NSYS_LIBRARY_MARKER in _injection_text(env)
 
 
 def under_ncu(env: Mapping[str, str] | None = None) -> bool:
     """True inside a process that Nsight Compute launched."""
     env = os.environ if env is None else env
-    if env.get(CHILD_ENV) == "ncu":
-        return True
-    text = _injection_text(env)
-    return any(marker in text for marker in NCU_MARKERS)
+    return env.get(CHILD_ENV) == "ncu" or any(env.get(name) for name in NCU_ENV)
 
 
 def profiler_child(env: Mapping[str, str] | None = None) -> str | None:
