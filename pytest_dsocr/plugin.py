@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,13 +64,22 @@ def parse_profiler(value: str | None) -> str:
     return name
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into a clean stop: pytest ends the session as it does for Ctrl-C."""
+
+
 class DsocrState:
-    """Everything pytest-dsocr keeps for one pytest session."""
+    """Everything pytest-dsocr keeps for one pytest session (or one xdist worker)."""
 
     def __init__(self, config: pytest.Config) -> None:
         from pytest_dsocr.config import load_config, to_container
+        from pytest_dsocr.xdist import RUN_DIR_KEY, is_controller, worker_id, worker_input
 
         self.pytest_config = config
+        self.worker = worker_id(config)  # "gw0", ... in an xdist worker
+        self.worker_run_dir = worker_input(config, RUN_DIR_KEY)
+        self.xdist = None  # the XdistController in an xdist controller
+        self.is_controller = is_controller(config)
         overrides = list(config.getini("dsocr_set") or []) + list(config.getoption("--dsocr-set") or [])
         self.cfg = load_config(_option(config, "config"), overrides)
         self.profiler = parse_profiler(_option(config, "profiler"))
@@ -81,19 +92,28 @@ class DsocrState:
         self._samples = None
         self._session = None
         self._collector = None
-        self.interrupted: str | None = None
-        if self.explicit_run_dir is not None:
+        self.interrupted: str | None = None  # why the session was interrupted, if it was
+        self.current_test: str | None = None
+        self.created_run_dir = False
+        self._previous_sigterm = None
+        self._sigterm_installed = False
+        if self.explicit_run_dir is not None and self.worker is None:
             self.run_dir  # refuse an existing run dir before anything runs
 
     @property
     def run_dir(self) -> Path:
         if self._run_dir is None:
+            if self.worker_run_dir:  # an xdist worker writes into the controller's run
+                self._run_dir = Path(self.worker_run_dir)
+                return self._run_dir
             from pytest_dsocr.rundir import new_run_dir
 
             root = Path(self.cfg.run.root)
             if not root.is_absolute():
                 root = Path(self.pytest_config.rootpath) / root
-            self._run_dir = new_run_dir(root, self.explicit_run_dir)
+            self._run_dir = new_run_dir(root, self.explicit_run_dir,
+                                        base_dir=Path(self.pytest_config.invocation_params.dir))
+            self.created_run_dir = True
         return self._run_dir
 
     @property
@@ -114,14 +134,19 @@ class DsocrState:
 
             def env():
                 device = self._session.device if self._session is not None else None
-                return collect_env(device, Path(self.pytest_config.rootpath))
+                env = collect_env(device, Path(self.pytest_config.rootpath))
+                env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+                if self.worker is not None:
+                    env["xdist_worker"] = self.worker
+                return env
 
             def memory():
                 return peak_memory(self._session.device if self._session is not None else None)
 
             counts = {"warmup_rounds": self.cfg.infer.warmup_rounds, "rounds": self.cfg.infer.rounds,
                       "samples": len(self.samples)}
-            self._collector = Collector(lambda: self.run_dir, self.config_dict, env, memory, counts)
+            self._collector = Collector(lambda: self.run_dir, self.config_dict, env, memory, counts,
+                                        worker=self.worker)
             hook = self.pytest_config.hook.pytest_dsocr_update_metrics
             self._collector.hooks_for_metrics.append(lambda metrics: hook(config=self.pytest_config, metrics=metrics))
         return self._collector
@@ -134,6 +159,35 @@ class DsocrState:
             self._session = DsocrSession(self.cfg, self.collector)
         return self._session
 
+    # SIGTERM (a CI timeout, `kill`, a batch scheduler) would end the process on the spot and
+    # skip the final write; as a KeyboardInterrupt pytest finishes the session cleanly.
+    def install_sigterm(self) -> None:
+        """Turn SIGTERM into :class:`Terminated` until the session ends.
+
+        Only in the main thread and only over the default action: a handler someone else
+        installed (or SIG_IGN inherited from the parent) is left as it is.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not signal.SIG_DFL and not getattr(previous, "dsocr_handler", False):
+            return
+
+        def on_sigterm(signum, frame):
+            self.restore_sigterm()  # a second SIGTERM acts as it did before: ends the process
+            raise Terminated("SIGTERM")
+
+        on_sigterm.dsocr_handler = True
+        self._previous_sigterm = previous
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._sigterm_installed = True
+
+    def restore_sigterm(self) -> None:
+        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm if self._previous_sigterm is not None
+                          else signal.SIG_DFL)
+            self._sigterm_installed = False
+
 
 def _state(config: pytest.Config) -> DsocrState:
     return config.stash[STATE_KEY]
@@ -142,6 +196,10 @@ def _state(config: pytest.Config) -> DsocrState:
 def pytest_configure(config: pytest.Config) -> None:
     for stage in STAGES:
         config.addinivalue_line("markers", f"{stage}: pytest-dsocr stage: {STAGE_HELP[stage]}")
+    if hasattr(config, "workerinput"):
+        from pytest_dsocr.xdist import apply_worker_gpu
+
+        apply_worker_gpu(config)  # before anything here can initialise CUDA
     try:
         state = DsocrState(config)
         if any(stage in (config.option.markexpr or "") for stage in STAGES):
@@ -149,6 +207,24 @@ def pytest_configure(config: pytest.Config) -> None:
     except DsocrError as exc:
         raise pytest.UsageError(f"pytest-dsocr: {exc}") from None
     config.stash[STATE_KEY] = state
+    config.pluginmanager.register(StopWatch(state), "dsocr-stop-watch")
+    if state.is_controller:
+        from pytest_dsocr.xdist import XdistController
+
+        state.xdist = XdistController(state)
+        config.pluginmanager.register(state.xdist, "dsocr-xdist-controller")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.restore_sigterm()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.install_sigterm()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -168,8 +244,13 @@ def _stage_rank(item: pytest.Item) -> int:
     return -1  # plain tests first
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=_stage_rank)  # stable: keeps file order within a stage
+    if hasattr(config, "workerinput"):
+        from pytest_dsocr.xdist import add_group_marks
+
+        add_group_marks(config, items)
 
 
 @pytest.fixture(scope="session")
@@ -224,20 +305,80 @@ def dsocr_measure(dsocr_session, request: pytest.FixtureRequest):
     return measure
 
 
-def pytest_keyboard_interrupt(excinfo) -> None:
-    # The session-finish hook still runs; it records why the run is incomplete.
-    pass
+class StopWatch:
+    """Per-session hooks (registered in pytest_configure) that remember why a run stopped.
+
+    They live on an object rather than at module level because pytest passes these hooks no
+    config, and pytester may run a session inside another.
+    """
+
+    def __init__(self, state: DsocrState) -> None:
+        self.state = state
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        if not self.state.is_controller:
+            self.state.current_test = nodeid
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        if not self.state.is_controller:
+            self.state.current_test = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        self.state.interrupted = interrupt_reason(excinfo.value, self.state.current_test)
 
 
+def interrupt_reason(error: BaseException, current_test: str | None = None) -> str:
+    """One line for metrics.json's ``reason`` of an interrupted session."""
+    if isinstance(error, Terminated):
+        reason = "terminated by SIGTERM"
+    elif isinstance(error, pytest.exit.Exception):
+        reason = f"pytest.exit: {error.msg}"
+    elif type(error) is KeyboardInterrupt:
+        reason = "interrupted by SIGINT (KeyboardInterrupt, Ctrl-C)"
+    else:  # pytest's and xdist's Interrupted: --stepwise, -x under xdist, a worker interrupted
+        reason = f"stopped early: {error}" if str(error) else f"interrupted ({type(error).__name__})"
+    if current_test:
+        reason += f", during {current_test}"
+    return reason
+
+
+def stop_reason(state: DsocrState, session: pytest.Session, exitstatus: int) -> str | None:
+    """Why the run is incomplete, or None when the session ended normally."""
+    if state.interrupted:
+        return state.interrupted
+    if session.shouldfail:  # -x / --maxfail
+        return f"stopped early: {session.shouldfail} (-x/--maxfail)"
+    if session.shouldstop:
+        return f"stopped early: {session.shouldstop}"
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return f"session ended with exit status {int(exitstatus)}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
-    if state is None or state._collector is None or not state._collector.has_data:
+    if state is None:
         return
-    complete = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not session.shouldstop
-    reason = None if complete else f"session ended early (exit status {int(exitstatus)}" + (
-        f": {session.shouldstop}" if session.shouldstop else "") + ")"
-    metrics = state.collector.finish(complete=complete, reason=reason)
+    # From here on a SIGTERM ends the process as usual; metrics.json already holds every
+    # sample measured, so at worst the final rewrite below is lost, never a sample.
+    state.restore_sigterm()
+    if state.xdist is not None:
+        state.xdist.merge()  # the workers' records, read from disk: works after an interrupt too
+    if state._collector is None or not state._collector.has_data:
+        if state.xdist is not None and state.created_run_dir and state._run_dir is not None:
+            from pytest_dsocr.rundir import remove_if_empty
+
+            remove_if_empty(state._run_dir)  # created for workers that measured nothing
+        return
+    reason = stop_reason(state, session, exitstatus)
+    if reason is None and state.xdist is not None:
+        reason = state.xdist.reason()
+    metrics = state.collector.finish(complete=reason is None, reason=reason)
     state.final_metrics = metrics
+    if state.worker is not None:
+        return  # the controller gates and reports the merged run
     if state.baseline:
         from pytest_dsocr.report.gate import run_gate
 
@@ -274,7 +415,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or state._collector is None or not state._collector.has_data:
+    if state is None or state.worker is not None or state._collector is None or not state._collector.has_data:
         return
     from pytest_dsocr.report.summary import render_terminal_summary
 
@@ -283,6 +424,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if metrics is not None:
         terminalreporter.write_line(render_terminal_summary(metrics))
     terminalreporter.write_line(f"run dir: {state.run_dir}")
+    if state.xdist is not None and state.xdist.gpus:
+        terminalreporter.write_line("xdist workers: " + ", ".join(
+            f"{worker} on CUDA_VISIBLE_DEVICES={gpu}" for worker, gpu in state.xdist.gpus.items()))
     if getattr(state, "gate_error", None):
         terminalreporter.write_line(f"regression gate: {state.gate_error}", red=True)
     result = getattr(state, "gate_result", None)

@@ -7,9 +7,11 @@ loop), outputs for the stage, and records or a failure in the collector.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import statistics
+import traceback
 from functools import cached_property
 
 import torch
@@ -94,7 +96,13 @@ class DsocrSession:
             stage_cfg = self.config.pipeline.get(stage)
             output_cfg = stage_cfg.output if stage_cfg is not None else self.config.pipeline.direct_inference.output
             prefix = f"pipeline.{stage if stage_cfg is not None else 'direct_inference'}.output"
-            self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix)
+            outputs = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix)
+            if self.collector.worker is not None and outputs.prediction_path is not None:
+                # xdist workers share the stage's predictions.jsonl: append under a file lock
+                from pytest_dsocr.xdist import LockedPredictionWriter
+
+                outputs._predictions = LockedPredictionWriter(outputs.prediction_path)
+            self._outputs[stage] = outputs
         return self._outputs[stage]
 
     def run(self, sample: Sample, *, stage: str = "direct_inference", hooks: ProfilingHooks = NO_HOOKS,
@@ -117,23 +125,35 @@ class DsocrSession:
             if measured:
                 runs.append(run)
 
-        try:
-            if benchmark is not None and not getattr(benchmark, "disabled", False):
-                benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup, iterations=1)
-            else:
-                for _ in range(warmup + rounds):
-                    one_round()
-        except Exception as exc:  # one bad sample must not end the session
+        def failed(exc: Exception, what: str = "") -> SampleFailed:
             if isinstance(exc, torch.cuda.OutOfMemoryError):
+                # The traceback's frames hold the tensors of the failed round: clear them so
+                # the cached blocks can really be returned, and the next sample starts clean.
+                traceback.clear_frames(exc.__traceback__)
+                gc.collect()
                 torch.cuda.empty_cache()
             failure = SampleFailure(sample_id=sample.sample_id, image_path=str(sample.image_path),
-                                    epoch=sample.epoch, stage=stage, error=describe_error(exc),
+                                    epoch=sample.epoch, stage=stage, error=what + describe_error(exc),
                                     error_type=type(exc).__name__)
             self.collector.add_failure(failure)
-            raise SampleFailed(failure) from exc
-        self.collector.add_runs(runs)
-        # The page is loaded again only when a visualization folder is actually written.
-        self.outputs(stage).record(runs[-1], image=lambda: self.adapter.load(sample.image_path))
+            return SampleFailed(failure)
+
+        try:
+            if benchmark is not None:
+                benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup, iterations=1)
+            # pytest-benchmark switches itself off under xdist (and with --benchmark-disable);
+            # its pedantic then calls one_round once, and this loop runs the remaining rounds.
+            # Either way the stage timers are the measurement.
+            while len(runs) < rounds:
+                one_round()
+        except Exception as exc:  # one bad sample (bad page, OOM, a bug) must not end the session
+            raise failed(exc) from exc
+        self.collector.add_runs(runs)  # measured: kept even if writing its outputs fails below
+        try:
+            # The page is loaded again only when a visualization folder is actually written.
+            self.outputs(stage).record(runs[-1], image=lambda: self.adapter.load(sample.image_path))
+        except Exception as exc:
+            raise failed(exc, "writing outputs: ") from exc
         if benchmark is not None:
             benchmark.extra_info.update(stage_extra_info(runs))
         return runs

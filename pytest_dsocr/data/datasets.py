@@ -15,6 +15,9 @@ absolute paths sorted by their path relative to the image folder, so runs are re
 ``dataset.subset_file`` names images one per line, relative to the image folder (the bundled
 pages folder, the root, or ``root/images``); blank lines and ``#`` comments are ignored, the
 file's order is kept, repeated names count once, and patterns are not applied to them.
+Names may hold spaces, non-ASCII characters and ``..`` (``a/../b.png`` is ``b.png``), but a
+name that leaves the image folder (``../x.png``, an absolute path) is an error naming it, as
+is a listed file that does not exist (up to five named, the rest counted).
 A relative ``root`` or ``subset_file`` is taken relative to ``base_dir`` (default: the
 current directory).
 """
@@ -142,7 +145,23 @@ def _from_subset(subset: Path, image_dir: Path) -> list[Path]:
         name = line.strip()
         if name and not name.startswith("#") and name not in names:
             names.append(name)
+    outside = [name for name in names if not _inside(image_dir, name)]
+    if outside:
+        shown = ", ".join(repr(name) for name in outside[:MAX_NAMED])
+        more = f" and {len(outside) - MAX_NAMED} more" if len(outside) > MAX_NAMED else ""
+        raise DsocrError(
+            f"dataset.subset_file: {subset} names {len(outside)} path(s) outside the image folder "
+            f"{image_dir}: {shown}{more}; list files relative to that folder"
+        )
     return _existing(names, image_dir, f"dataset.subset_file: {subset} names")
+
+
+def _inside(image_dir: Path, name: str) -> bool:
+    """True when ``name`` (relative, ``..`` allowed) stays inside ``image_dir``."""
+    if Path(name).is_absolute():
+        return False
+    folder = os.path.abspath(image_dir)
+    return os.path.commonpath([folder, os.path.abspath(os.path.join(folder, name))]) == folder
 
 
 def _existing(names: list[str], image_dir: Path, what: str) -> list[Path]:

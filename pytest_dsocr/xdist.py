@@ -1,0 +1,447 @@
+"""Many GPUs through pytest-xdist: ``pytest benchmarks -n 4 --dist loadgroup``.
+
+The controller (the process the user started) measures nothing. It
+
+- creates the run directory once and hands its path to every worker (``workerinput``), so
+  all workers write into one run and nothing collides;
+- gives each worker one GPU when several are visible: ``CUDA_VISIBLE_DEVICES`` round-robin
+  over the visible GPUs by worker number (gw0 -> first GPU, gw1 -> second, ...), set in the
+  worker's environment by execnet before the worker imports anything, so it holds before
+  CUDA initialises there. With one GPU the workers share it, with none they run on the CPU,
+  and ``model.device=cpu`` or ``cuda:N``, or a ``CUDA_VISIBLE_DEVICES`` of the worker's own
+  ``--tx env:`` spec, is left alone;
+- merges the workers' partial records into the one ``<run>/metrics.json`` and summary,
+  with per-worker (per-GPU) rows and totals whose pages/s add up across GPUs; it re-merges
+  while tests finish (at most every :data:`MERGE_INTERVAL_S`) and once more at the end,
+  also when the run is interrupted.
+
+Each worker loads its own model, measures with the stage timers (pytest-benchmark switches
+itself off under xdist, so its table is absent and metrics.json never depends on it), and
+rewrites ``<run>/workers/<id>/metrics.json`` after every sample. Stage outputs go to the
+shared stage folders: viz folders are named by the md5 of the image path, and the tests of
+one image stay on one worker (below), so no two workers write the same folder;
+``predictions.jsonl`` stays one file per stage, each line appended under an exclusive
+``flock`` (:class:`LockedPredictionWriter`), so lines of different workers never mix.
+
+``--dist loadgroup`` groups (the ``xdist_group`` marks added on workers, unless a test has
+its own): direct_inference tests by image (``direct_inference-<sample_id>``), so that
+several epochs of one page run on one worker and write its viz folder once while pages
+spread over the workers; every other stage as a whole (its name), because those stages keep
+module-wide state (a profiler, a kernel table) and write stage-wide files (operators.md,
+trace.json.gz, kernels.csv) that one worker must own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pytest_dsocr.collector import RUNNING, WORKER_KEY
+from pytest_dsocr.outputs.writers import PredictionWriter
+from pytest_dsocr.records import ImageRun, SampleFailure
+from pytest_dsocr.report.metrics import CORE_KEYS, METRICS_FILE
+from pytest_dsocr.rundir import WORKERS_DIR
+from pytest_dsocr.stages import STAGES
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: appends go unlocked
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_KEY = "dsocr_run_dir"  # workerinput: the run directory the controller created
+GPU_KEY = "dsocr_cuda_visible_devices"  # workerinput: the GPU given to the worker, or None
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+PER_IMAGE_STAGE = "direct_inference"  # stages whose tests may spread over workers image by image
+MERGE_INTERVAL_S = 5.0  # the controller re-merges worker records at most this often while running
+# Device settings that let a worker use whichever GPU it is given.
+ANY_GPU_DEVICES = ("auto", "cuda")
+WORKER_NUMBER = re.compile(r"(\d+)$")
+
+
+# --- where am I -------------------------------------------------------------------------
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """``gw0``, ``gw1``, ... in an xdist worker, None elsewhere."""
+    workerinput = getattr(config, "workerinput", None)
+    return None if workerinput is None else str(workerinput.get("workerid"))
+
+
+def is_controller(config: pytest.Config) -> bool:
+    """True in the process that distributes tests to xdist workers (``-n N`` with N >= 1).
+
+    xdist's own test (``dist`` not "no" and some ``--tx``): it registers its distributed
+    session only in its pytest_configure, which may run after ours.
+    """
+    option = config.option
+    return (worker_id(config) is None and config.pluginmanager.hasplugin("xdist")
+            and getattr(option, "dist", "no") != "no" and bool(getattr(option, "tx", None))
+            and not getattr(option, "collectonly", False))
+
+
+def worker_input(config: pytest.Config, key: str) -> Any:
+    return (getattr(config, "workerinput", None) or {}).get(key)
+
+
+# --- GPUs -------------------------------------------------------------------------------
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None,
+                 device_count: Callable[[], int] | None = None) -> list[str]:
+    """The GPUs this process may hand out, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    The entries of ``CUDA_VISIBLE_DEVICES`` when it is set (indices or UUIDs; empty or "-1"
+    means none), else ``0 .. n-1`` for the n GPUs torch counts (through NVML, without
+    initialising CUDA in this process).
+    """
+    environ = os.environ if environ is None else environ
+    if CUDA_VISIBLE_DEVICES in environ:
+        entries = [e.strip() for e in environ[CUDA_VISIBLE_DEVICES].split(",") if e.strip()]
+        visible = []
+        for entry in entries:
+            if entry.startswith("-"):  # CUDA stops at the first invalid index
+                break
+            visible.append(entry)
+        return visible
+    if device_count is None:
+        import torch
+
+        device_count = torch.cuda.device_count
+    return [str(index) for index in range(device_count())]
+
+
+def gpu_for(worker: str, gpus: Sequence[str]) -> str | None:
+    """Round-robin by worker number: gw0 -> gpus[0], gw1 -> gpus[1], ... (None: do not set)."""
+    if len(gpus) < 2:
+        return None
+    match = WORKER_NUMBER.search(worker)
+    number = int(match.group(1)) if match else 0
+    return gpus[number % len(gpus)]
+
+
+def assign_gpus(specs: Sequence[Any], gpus: Sequence[str], device: str) -> dict[str, str]:
+    """Put one GPU into each execnet spec's environment; returns {worker id: GPU}.
+
+    Left alone: fewer than two GPUs, a fixed ``model.device`` (cpu, cuda:N), and specs whose
+    environment already sets ``CUDA_VISIBLE_DEVICES`` (``--tx popen//env:...``).
+    """
+    if device not in ANY_GPU_DEVICES:
+        return {}
+    assigned = {}
+    for index, spec in enumerate(specs):
+        worker = str(getattr(spec, "id", None) or f"gw{index}")
+        if CUDA_VISIBLE_DEVICES in spec.env:
+            continue
+        gpu = gpu_for(worker, gpus)
+        if gpu is None:
+            continue
+        spec.env[CUDA_VISIBLE_DEVICES] = gpu
+        assigned[worker] = gpu
+    return assigned
+
+
+def apply_worker_gpu(config: pytest.Config) -> None:
+    """In a worker: make sure the GPU the controller chose is the one CUDA will see.
+
+    execnet has already set it before this process imported anything; this only repairs a
+    worker started some other way, and warns when CUDA was initialised too early for it.
+    """
+    gpu = worker_input(config, GPU_KEY)
+    if gpu is None or os.environ.get(CUDA_VISIBLE_DEVICES) == gpu:
+        return
+    os.environ[CUDA_VISIBLE_DEVICES] = gpu
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        log.warning("worker %s: CUDA was initialised before CUDA_VISIBLE_DEVICES=%s could be set; "
+                    "it may share a GPU with another worker", worker_id(config), gpu)
+
+
+# --- test grouping --------------------------------------------------------------------------
+
+
+def group_for(item: pytest.Item) -> str | None:
+    """The ``xdist_group`` of a stage test (see the module docstring); None: no group."""
+    for stage in STAGES:
+        if item.get_closest_marker(stage) is None:
+            continue
+        if stage == PER_IMAGE_STAGE:
+            sample = getattr(getattr(item, "callspec", None), "params", {}).get("dsocr_sample")
+            return f"{stage}-{sample.sample_id}" if sample is not None else stage
+        return stage
+    return None
+
+
+def add_group_marks(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+    """On a worker under ``--dist loadgroup``: mark stage tests with their group."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue  # the test chose its own group
+        group = group_for(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+# --- predictions shared by workers -------------------------------------------------------------
+
+
+class LockedPredictionWriter(PredictionWriter):
+    """predictions.jsonl shared by several processes: each line is appended under ``flock``.
+
+    The lock (on ``.predictions.jsonl.lock`` beside the file) also covers the check for a
+    line cut short by a crash, so one worker never "repairs" a line another is writing.
+    """
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        self._lock_fd: int | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if fcntl is None:
+            super().write(record)
+            return
+        if self._lock_fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self.path.with_name(f".{self.path.name}.lock")
+            self._lock_fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o666)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            super().write(record)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        super().close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+# --- merging worker records -----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerPart:
+    """One worker's partial metrics.json as read by the controller."""
+
+    label: str  # its folder under <run>/workers: gw0, or gw0-2 for a restarted worker
+    path: Path
+    metrics: dict | None = None
+    error: str | None = None  # why it could not be read
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.metrics and self.metrics.get("complete"))
+
+    @property
+    def reason(self) -> str | None:
+        if self.error:
+            return self.error
+        return None if self.complete else (self.metrics or {}).get("reason") or RUNNING
+
+
+def _worker_order(path: Path) -> tuple:
+    numbers = [int(n) for n in re.findall(r"\d+", path.name)]
+    return (numbers, path.name)
+
+
+def read_worker_parts(run_dir: Path) -> list[WorkerPart]:
+    """Every ``<run>/workers/*/metrics.json``, in worker order (gw2 before gw10)."""
+    parts = []
+    folder = Path(run_dir) / WORKERS_DIR
+    if not folder.is_dir():
+        return parts
+    for path in sorted((p / METRICS_FILE for p in folder.iterdir() if p.is_dir()), key=lambda p: _worker_order(p.parent)):
+        label = path.parent.name
+        if not path.is_file():
+            continue  # reserved, nothing measured yet
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            parts.append(WorkerPart(label, path, error=f"worker {label}: cannot read {path} ({exc})"))
+            continue
+        parts.append(WorkerPart(label, path, metrics=data))
+    return parts
+
+
+def run_from_json(data: Mapping[str, Any]) -> ImageRun:
+    """The ImageRun a record json was made from (``ImageRun.to_json`` inverted)."""
+    names = {f.name for f in dataclasses.fields(ImageRun)}
+    values = {key: value for key, value in data.items() if key in names}
+    values["crop_grid"] = tuple(values.get("crop_grid") or (1, 1))
+    values["token_ids"] = tuple(values.get("token_ids") or ())
+    values["substage_ms"] = dict(values.get("substage_ms") or {})
+    return ImageRun(**values)
+
+
+def failure_from_json(data: Mapping[str, Any]) -> SampleFailure:
+    names = {f.name for f in dataclasses.fields(SampleFailure)}
+    return SampleFailure(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass
+class Merged:
+    records: list[ImageRun]
+    failures: list[SampleFailure]
+    sections: dict[str, Any]
+    summary_sections: dict[str, str]
+    section_sources: dict[str, str]  # section name -> the worker it was taken from
+
+
+def merge_parts(parts: Sequence[WorkerPart]) -> Merged:
+    """Records, failures and stage sections of every readable worker part.
+
+    A stage section written by several workers (which the stage groups prevent) is taken
+    from the first worker; each worker's own file keeps its copy.
+    """
+    merged = Merged([], [], {}, {}, {})
+    for part in parts:
+        if part.metrics is None:
+            continue
+        merged.records += [run_from_json(s) for s in part.metrics.get("samples") or []]
+        merged.failures += [failure_from_json(f) for f in part.metrics.get("failures") or []]
+        for key, value in part.metrics.items():
+            if key in CORE_KEYS or key in (WORKER_KEY, "plots"):
+                continue
+            if key not in merged.sections:
+                merged.sections[key] = value
+                merged.section_sources[key] = part.label
+        worker = part.metrics.get(WORKER_KEY) or {}
+        for title, markdown in (worker.get("summary_sections") or {}).items():
+            merged.summary_sections.setdefault(title, markdown)
+    return merged
+
+
+def workers_reason(parts: Sequence[WorkerPart]) -> str | None:
+    """Why the merged run is incomplete on the workers' side, or None when every part is."""
+    unfinished = [f"{part.label}: {part.reason}" for part in parts if not part.complete]
+    return f"worker(s) did not finish ({'; '.join(unfinished)})" if unfinished else None
+
+
+def xdist_section(parts: Sequence[WorkerPart], gpus: Mapping[str, str], dist: str | None,
+                  wall_s: float | None) -> dict[str, Any]:
+    """The ``xdist`` section of the merged metrics.json: one entry per worker process."""
+    workers = {}
+    for part in parts:
+        metrics = part.metrics or {}
+        env = metrics.get("env") or {}
+        worker = (metrics.get(WORKER_KEY) or {}).get("id") or part.label
+        workers[part.label] = {
+            "metrics": str(part.path.relative_to(part.path.parent.parent.parent)),
+            "complete": part.complete,
+            "reason": part.reason,
+            "cuda_visible_devices": env.get("cuda_visible_devices") or gpus.get(worker),
+            "device": env.get("device"),
+            "device_name": env.get("device_name"),
+            "measured_runs": len(metrics.get("samples") or []),
+            "failed": len(metrics.get("failures") or []),
+            "memory": metrics.get("memory"),
+        }
+    return {
+        "dist": dist,
+        "workers": workers,
+        "gpu_assignment": dict(gpus),
+        "wall_s": wall_s,
+        "predictions": "one predictions.jsonl per stage, lines appended under flock by every worker",
+    }
+
+
+def apply_merge(metrics: MutableMapping[str, Any], parts: Sequence[WorkerPart], section: dict) -> None:
+    """Complete the controller's metrics with what only the workers know (metrics hook)."""
+    readable = [part.metrics for part in parts if part.metrics]
+    if readable:
+        env = dict(readable[0].get("env") or {})
+        env["argv"] = metrics.get("env", {}).get("argv", env.get("argv"))
+        env["xdist_workers"] = len(parts)
+        metrics["env"] = env
+        memory: dict[str, Any] = {}
+        for part in parts:
+            for key, value in ((part.metrics or {}).get("memory") or {}).items():
+                if isinstance(value, (int, float)):
+                    memory[key] = max(memory.get(key, value), value)  # the largest of any worker
+        metrics["memory"] = memory
+    workers = section["workers"]
+    for row in (metrics.get("by_worker") or {}).get("rows", []):
+        gpu = (workers.get(row["worker"]) or {}).get("cuda_visible_devices")
+        if gpu is not None:
+            row["device"] = f"{row['device']} (CUDA_VISIBLE_DEVICES={gpu})"
+    metrics["xdist"] = section
+
+
+class XdistController:
+    """Controller-side hooks, registered only when this process distributes to xdist workers."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.gpus: dict[str, str] = {}
+        self.parts: list[WorkerPart] = []
+        self.started = time.monotonic()
+        self.section_sources: dict[str, str] = {}
+        self._last_merge: float | None = None
+        self._hooked = False
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: list) -> None:
+        device = str(self.state.cfg.model.device)
+        gpus = visible_gpus() if device in ANY_GPU_DEVICES else []
+        self.gpus = assign_gpus(specs, gpus, device)
+        if self.gpus:
+            log.info("pytest-dsocr: one GPU per xdist worker: %s",
+                     ", ".join(f"{w}={g}" for w, g in self.gpus.items()))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        # Created here, once, so every worker writes into the same run; removed again at the
+        # end when no worker measured anything.
+        node.workerinput[RUN_DIR_KEY] = str(self.state.run_dir)
+        node.workerinput[GPU_KEY] = self.gpus.get(node.gateway.id)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown" or self.state._run_dir is None:
+            return
+        now = time.monotonic()
+        if self._last_merge is not None and now - self._last_merge < MERGE_INTERVAL_S:
+            return
+        self._last_merge = now
+        if self.merge():
+            self.state.collector.flush()
+
+    def merge(self) -> bool:
+        """Read every worker's partial records into the controller's collector; True if any."""
+        if self.state._run_dir is None:
+            return False
+        self.parts = read_worker_parts(self.state.run_dir)
+        if not self.parts:
+            return False
+        merged = merge_parts(self.parts)
+        collector = self.state.collector
+        collector.replace_contents(merged.records, merged.failures, merged.sections, merged.summary_sections)
+        if not self._hooked:
+            collector.hooks_for_metrics.insert(0, self._complete_metrics)  # before the user's hook
+            self._hooked = True
+        self.section_sources = merged.section_sources
+        return True
+
+    def _complete_metrics(self, metrics: dict) -> None:
+        dist = getattr(self.state.pytest_config.option, "dist", None)
+        section = xdist_section(self.parts, self.gpus, dist, round(time.monotonic() - self.started, 3))
+        section["sections_from"] = dict(self.section_sources)
+        apply_merge(metrics, self.parts, section)
+
+    def reason(self) -> str | None:
+        return workers_reason(self.parts)
