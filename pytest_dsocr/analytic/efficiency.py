@@ -22,10 +22,11 @@ from pytest_dsocr.hardware import Hardware, HardwareChoice
 
 MS = 1e-3
 # Stages with a measured time in ImageRun records (prefill = decoder prefill + lm_head on the
-# last token, i.e. prefill_ms - vision_ms, as vision nests inside prefill_ms).
-MEASURED_STAGES = ("sam", "clip", "projector", "vision", "prefill", "decode")
+# last token, i.e. prefill_ms - vision_ms, as vision nests inside prefill_ms). A family measures
+# only its own sub-stages (v1: clip, v2: encoder); the others have no times and are skipped.
+MEASURED_STAGES = ("sam", "clip", "encoder", "projector", "vision", "prefill", "decode")
 # The figure each stage is judged by: prefill-like stages by compute, decode by bandwidth.
-PRIMARY_METRIC = {"sam": "mfu", "clip": "mfu", "projector": "mfu", "vision": "mfu",
+PRIMARY_METRIC = {"sam": "mfu", "clip": "mfu", "encoder": "mfu", "projector": "mfu", "vision": "mfu",
                   "prefill": "mfu", "decode": "mbu"}
 MEASURED_RUN_STAGE = "direct_inference"  # profiler stages add overhead; judge plain runs only
 
@@ -58,8 +59,7 @@ class Measured:
         substages = sample.get("substage_ms") or {}
         prefill, vision = sample.get("prefill_ms"), sample.get("vision_ms")
         times = {
-            "sam": substages.get("sam"), "clip": substages.get("clip"),
-            "projector": substages.get("projector"), "vision": vision,
+            **substages, "vision": vision,
             "prefill": prefill - vision if prefill is not None and vision is not None else None,
             "decode": sample.get("decode_ms"),
         }
