@@ -135,3 +135,19 @@ def test_sweep_stage_for_v2(tmp_path):
     flops = [int(r["vision_flops"]) for r in rows]
     assert flops[0] < min(flops[1:])
     assert result.section["points"] == {"vision_crops": len(grids), "vision_prefill": len(grids), "decode": 4}
+
+
+def test_efficiency_judges_the_encoder_of_gpu_runs(tiny_cost):
+    from pytest_dsocr.analytic import efficiency as eff
+    from pytest_dsocr.hardware import select_hardware
+
+    sample = {"crop_grid": [2, 3], "image_tokens": 1121, "prefill_len": 1133, "tokens": 9, "device": "cuda:0",
+              "prefill_ms": 40.0, "vision_ms": 30.0, "decode_ms": 80.0,
+              "substage_ms": {"sam": 20.0, "encoder": 8.0, "projector": 1.0}}
+    runs = [eff.Measured.from_sample(sample)]
+    section = eff.efficiency(tiny_cost, runs, select_hardware("h100_sxm"), "bfloat16", 1024, 768, 2, "flash")
+    assert list(section["stages"]) == ["sam", "encoder", "projector", "vision", "prefill", "decode"]
+    wl = workload_for_grid(TINY, VIEWS, (2, 3), text_tokens=12, decode_steps=8, dtype_bytes=2)
+    encoder = section["stages"]["encoder"]
+    assert encoder["flops"] == tiny_cost.stages(wl)["encoder"].flops and encoder["measured_ms"] == 8.0
+    assert encoder["primary"] == "mfu"
