@@ -156,6 +156,13 @@ def test_checkpoint_of_another_size_fails_naming_the_key(checkpoint_dir, tmp_pat
         build_model("deepseek_ocr2", "tiny", path=str(folder))
 
 
+def test_vendor_format_checkpoint_says_to_convert(checkpoint_dir, tmp_path):
+    folder = _copy_checkpoint(checkpoint_dir, tmp_path / "ckpt",
+                              config_edit=lambda c: c.update(model_type="deepseek_vl_v2"))
+    with pytest.raises(DsocrError, match="deepseek_vl_v2.*convert_deepseek_ocr2_weights_to_hf"):
+        build_model("deepseek_ocr2", "tiny", path=str(folder))
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"size": "huge"}, "huge"),
     ({"size": "tiny", "path": "/nonexistent/v2ckpt"}, "/nonexistent/v2ckpt"),

@@ -8,6 +8,7 @@ transformers' own ``from_pretrained(path, local_files_only=True)``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pytest_dsocr.models.deepseek_ocr2.spec import DeepseekOCR2Spec
 
 log = logging.getLogger(__name__)
 
+MODEL_TYPE = "deepseek_ocr2"  # config.json of a checkpoint in transformers' format
 ATTN_IMPLEMENTATION = "sdpa"  # SAM's rel-pos bias rules out flash attention (transformers says so)
 
 
@@ -104,6 +106,21 @@ def _check_config(path: Path, config: DeepseekOcr2Config, spec: DeepseekOCR2Spec
                              f"{spec.name!r} has {expected}; choose the model size that matches the checkpoint")
 
 
+def _check_format(folder: Path) -> None:
+    """transformers' format only: the vendor's remote-code folder (model_type deepseek_vl_v2) has
+    another config layout and needs transformers' conversion script first."""
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DsocrError(f"model.path={str(folder)!r}: config.json is not readable JSON ({exc})") from exc
+    if model_type != MODEL_TYPE:
+        raise DsocrError(
+            f"model.path={str(folder)!r}: config.json has model_type {model_type!r}, not {MODEL_TYPE!r}; use a "
+            f"checkpoint in transformers' format (e.g. deepseek-community/DeepSeek-OCR-2) or convert the "
+            f"vendor's with transformers' models/deepseek_ocr2/convert_deepseek_ocr2_weights_to_hf.py"
+        )
+
+
 def load_deepseek_ocr2(path: str | Path, spec: DeepseekOCR2Spec, device: torch.device, dtype: torch.dtype,
                        experts_implementation: str | None = None) -> DeepseekOcr2ForConditionalGeneration:
     """A checkpoint in transformers' format (config.json + safetensors) from a local folder.
@@ -115,6 +132,7 @@ def load_deepseek_ocr2(path: str | Path, spec: DeepseekOCR2Spec, device: torch.d
     checkpoint_files(folder)
     if device.type == "meta":
         raise DsocrError(f"model.path={str(path)!r}: a checkpoint cannot be loaded on the meta device")
+    _check_format(folder)
     try:
         config = DeepseekOcr2Config.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # a broken config.json surfaces as OSError, ValueError, TypeError...
