@@ -362,8 +362,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None:
         return
     # From here on a SIGTERM ends the process as usual; metrics.json already holds every
-    # sample measured, so at worst the final rewrite below is lost, never a sample.
+    # sample measured, so at worst the final rewrite is lost, never a sample.
     state.restore_sigterm()
+    if state.xdist is None:
+        finish_run(state, session, exitstatus)
+    # else: the xdist controller finishes after xdist has stopped its workers (XdistController)
+
+
+def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> None:
+    """The final metrics.json, summary and report of the run, then the regression gate."""
     if state.xdist is not None:
         state.xdist.merge()  # the workers' records, read from disk: works after an interrupt too
     if state._collector is None or not state._collector.has_data:

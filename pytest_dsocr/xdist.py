@@ -411,6 +411,12 @@ class XdistController:
         node.workerinput[RUN_DIR_KEY] = str(self.state.run_dir)
         node.workerinput[GPU_KEY] = self.gpus.get(node.gateway.id)
 
+    @pytest.hookimpl(trylast=True)  # after xdist's own, which stops the workers
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from pytest_dsocr.plugin import finish_run
+
+        finish_run(self.state, session, exitstatus)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "teardown" or self.state._run_dir is None:
             return

@@ -18,8 +18,14 @@ Decisions, case by case (each has a test in tests/test_images.py):
   transparent background is paper; the vendor's plain ``convert('RGB')`` would make it black.
 - 16-bit and 32-bit integer grey (I;16*, I): scaled to 8 bits over the 16-bit range
   (value / 257), rather than clipped at 255 which would turn most of the page white.
+- 16-bit-per-channel colour PNG (RGB, RGBA): Pillow keeps the high byte of each channel when
+  it opens the file; then as RGB or alpha above.
 - other modes (F floating point, LAB, premultiplied La, ...): rejected as unsupported, naming the mode.
 - multi-frame files (GIF, multi-page TIFF): the first frame.
+- file names with spaces, non-ASCII characters or ``..`` inside a name: ordinary names (paths
+  stay Path objects end to end; no shell, no URL). The run keeps them as they are in
+  metrics.json and predictions.jsonl (UTF-8); test ids and sample ids use a readable ASCII
+  form (``pytest_dsocr.data.sampling``), viz folders the md5 of the absolute path.
 """
 
 from __future__ import annotations
