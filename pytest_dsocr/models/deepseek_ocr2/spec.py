@@ -17,12 +17,12 @@ code.
   (``convert_config``): SAM width 768, 12 layers, 12 heads, global blocks 2/5/8/11, downsample
   channels [512, 896]; encoder (Qwen2-0.5B) hidden 896, 24 layers, 14 heads, 2 KV heads,
   MLP 4864, RMSNorm eps 1e-6, rope_theta 1e6.
-- decoder and ids: ``language_config`` of deepseek-ai/DeepSeek-OCR-2's config.json as converted
-  in transformers' test fixture hf-internal-testing/tiny-processor-deepseek_ocr2 (config.json,
-  ``text_config``): vocab 129280, hidden 1280, 12 layers, 10 heads (MHA), dense layer 0 of 6848,
-  64 routed experts of 896 + 2 shared, 6 per token, greedy top-k, max positions 8192,
-  rope_theta 1e4; ``image_token_id`` 128815, BOS 0, EOS 1; ``projector_config`` input_dim 896,
-  n_embed 1280.
+- decoder, projector and ids: the vendor's config.json (deepseek-ai/DeepSeek-OCR-2):
+  ``language_config`` vocab 129280, hidden 1280, 12 layers, 10 heads (MHA), first_k_dense_replace
+  1 with 6848, 64 routed experts of 896 + 2 shared, 6 per token, greedy top-k, max positions
+  8192; ``projector_config`` input_dim 896, n_embed 1280. The same decoder, converted, is the
+  ``text_config`` of transformers' fixture hf-internal-testing/tiny-processor-deepseek_ocr2
+  (rope_theta 1e4, ``image_token_id`` 128815, BOS 0, EOS 1).
 - query embeddings: fixed in transformers' ``DeepseekOcr2VisionModel`` (144 = 12x12 for a 768 px
   view, 256 = 16x16 for 1024 px); preprocessing: ``DeepseekOcr2ImageProcessor`` defaults (global
   view 1024, tiles 768, 2..6 tiles).
