@@ -266,8 +266,8 @@ def read_worker_parts(run_dir: Path) -> list[WorkerPart]:
     folder = Path(run_dir) / WORKERS_DIR
     if not folder.is_dir():
         return parts
-    for path in sorted((p / METRICS_FILE for p in folder.iterdir() if p.is_dir()), key=lambda p: _worker_order(p.parent)):
-        label = path.parent.name
+    for worker_dir in sorted((p for p in folder.iterdir() if p.is_dir()), key=_worker_order):
+        label, path = worker_dir.name, worker_dir / METRICS_FILE
         if not path.is_file():
             continue  # reserved, nothing measured yet
         try:

@@ -26,6 +26,7 @@ RED = (255, 0, 0)
 WHITE = (255, 255, 255)
 PAGE = (200, 150)
 BOMB_LIMIT = 100_000  # pixels; a stand-in for Pillow's 89 million, set by the pytester conftest
+BROKEN_EXIF = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12"  # an IFD cut off after its entry count
 
 
 def png16(path: Path, values: np.ndarray) -> Path:
@@ -71,7 +72,7 @@ def make_images(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
     Image.new("RGB", PAGE, RED).convert("P").save(folder / "palette.png")
     Image.new("RGBA", PAGE, (0, 0, 0, 0)).save(folder / "alpha.png")
     rotated_jpeg(folder / "rotated.jpg")
-    Image.new("RGB", PAGE, WHITE).save(folder / "broken_exif.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12")
+    Image.new("RGB", PAGE, WHITE).save(folder / "broken_exif.jpg", exif=BROKEN_EXIF)
     for name in ("with space.png", "página ü.png", "a..b.png"):
         Image.new("RGB", PAGE, WHITE).save(folder / name)
     good = {
@@ -159,7 +160,7 @@ def test_sixteen_bit_colour_with_alpha_is_composited_on_white(tmp_path):
 
 def test_broken_exif_keeps_the_image_as_stored(tmp_path):
     path = tmp_path / "broken.jpg"
-    Image.new("RGB", (8, 4), WHITE).save(path, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12")
+    Image.new("RGB", (8, 4), WHITE).save(path, exif=BROKEN_EXIF)
     with pytest.warns(UserWarning, match="Corrupt EXIF"):
         assert load_image(path).size == (8, 4)
 

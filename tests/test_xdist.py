@@ -77,7 +77,8 @@ def test_a_worker_spec_with_its_own_gpu_is_left_alone():
 class FakeItem:
     def __init__(self, marker: str | None, sample_id: str | None = None):
         self.marker = marker
-        self.callspec = SimpleNamespace(params={"dsocr_sample": SimpleNamespace(sample_id=sample_id)} if sample_id else {})
+        params = {"dsocr_sample": SimpleNamespace(sample_id=sample_id)} if sample_id else {}
+        self.callspec = SimpleNamespace(params=params)
 
     def get_closest_marker(self, name):
         return object() if name == self.marker else None
@@ -128,8 +129,13 @@ def run(sample_id: str, e2e_ms: float, **fields) -> ImageRun:
 
 
 def worker_collector(run_dir: Path, worker: str) -> Collector:
-    return Collector(lambda: run_dir, {"infer": {"rounds": 1}}, lambda: {"device": "cuda:0", "cuda_visible_devices": worker[-1]},
-                     lambda: {"max_rss_mib": 100.0 + int(worker[-1])}, {}, worker=worker)
+    def env():
+        return {"device": "cuda:0", "cuda_visible_devices": worker[-1]}
+
+    def memory():
+        return {"max_rss_mib": 100.0 + int(worker[-1])}
+
+    return Collector(lambda: run_dir, {"infer": {"rounds": 1}}, env, memory, {}, worker=worker)
 
 
 def test_a_record_survives_its_json():
@@ -154,8 +160,9 @@ def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
     assert [p.label for p in parts] == ["gw0", "gw1"]
     assert workers_reason(parts) == "worker(s) did not finish (gw1: still running)"
 
-    state = SimpleNamespace(run_dir=tmp_path, _run_dir=tmp_path, pytest_config=SimpleNamespace(option=SimpleNamespace(dist="loadgroup")),
-                            collector=Collector(lambda: tmp_path, {"infer": {"rounds": 1}}, lambda: {"argv": ["pytest"]}, dict, {}))
+    collector = Collector(lambda: tmp_path, {"infer": {"rounds": 1}}, lambda: {"argv": ["pytest"]}, dict, {})
+    options = SimpleNamespace(option=SimpleNamespace(dist="loadgroup"))
+    state = SimpleNamespace(run_dir=tmp_path, _run_dir=tmp_path, pytest_config=options, collector=collector)
     controller = XdistController(state)
     controller.gpus = {"gw0": "0", "gw1": "1"}
     assert controller.merge()
@@ -217,7 +224,8 @@ def test_two_workers_write_one_merged_run(pytester, tmp_path):
         "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "-m", "direct_inference",
         "--dsocr-run-dir", str(run_dir), "--dsocr-set", "dataset=folder", "--dsocr-set", f"dataset.root={images}",
         "--dsocr-set", "dataset.sampling.num_epochs=2", "--dsocr-set", "infer.max_new_tokens=2",
-        "--dsocr-set", "infer.warmup_rounds=0", "--dsocr-set", "pipeline.direct_inference.output.prediction.enable=true",
+        "--dsocr-set", "infer.warmup_rounds=0",
+        "--dsocr-set", "pipeline.direct_inference.output.prediction.enable=true",
         timeout=300,
     )
     result.assert_outcomes(passed=4)
