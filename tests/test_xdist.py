@@ -247,6 +247,7 @@ def test_two_workers_write_one_merged_run(pytester, tmp_path):
         part = json.loads((run_dir / "workers" / worker / "metrics.json").read_text())
         assert part["complete"] is True and len(part["samples"]) == 2
 
+    assert (run_dir / "direct_inference" / "pred" / ".predictions.jsonl.lock").is_file()  # appends were locked
     lines = (run_dir / "direct_inference" / "pred" / "predictions.jsonl").read_text().splitlines()
     assert sorted((json.loads(line)["sample_id"], json.loads(line)["epoch"]) for line in lines) == [
         ("left", 0), ("left", 1), ("right", 0), ("right", 1)]
