@@ -67,7 +67,8 @@ class ModelAdapter(Protocol):
     def prefill(self, prepared: Any, image_embeds: Any) -> tuple[torch.Tensor, Any]: ...
     def decode_step(self, token: torch.Tensor, cache: Any) -> torch.Tensor: ...
     # Optional: ``begin_decode(cache, prompt_len, budget) -> cache`` between prefill and decode
-    # (the static backend moves the prefill's keys/values into its static buffers there).
+    # (the static backend moves the prefill's keys/values into its static buffers there), and
+    # ``decode_context()``, a context around the decode loop (kernel choices for one-token steps).
     def decode_text(self, token_ids: list[int]) -> str: ...
 
 
@@ -158,7 +159,8 @@ class Engine:
                 cache = begin_decode(cache, length, budget)
         generated: list[int] = []
         finish_reason = "length"
-        with self._stage("decode", timer):
+        decode_context = getattr(adapter, "decode_context", nullcontext)
+        with self._stage("decode", timer), decode_context():
             while True:
                 seen[:, length] = token
                 length += 1

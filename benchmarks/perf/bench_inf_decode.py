@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.tokens
 
     def force_eos(prompt_len: int):
-        return [ForcedEOSTokenLogitsProcessor(prompt_len + n, policy.eos_token_id)]
+        return [ForcedEOSTokenLogitsProcessor(prompt_len + n, policy.eos_token_id, device=str(adapter.device))]
 
     numeric = Engine(adapter, policy, n, extra_processors=force_eos)
     infinite = Engine(adapter, policy, None, extra_processors=force_eos)

@@ -51,6 +51,34 @@ class DecodeOnlyCapture(ProfilingHooks):
         return torch.cuda.profiler.profile() if name == "decode" else nullcontext()
 
 
+class DecodeProfile(ProfilingHooks):
+    """torch.profiler (CPU + CUDA) around the decode stage only."""
+
+    def __init__(self):
+        self.profile = None
+
+    def stage_range(self, name: str):
+        if name != "decode":
+            return nullcontext()
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        self.profile = torch.profiler.profile(activities=activities)
+        return self.profile
+
+
+def profile_decode(name: str, engine: Engine, sample, tokens: int) -> None:
+    engine.run(sample)  # warm (and capture)
+    hooks = DecodeProfile()
+    run = engine.run(sample, hooks=hooks)
+    events = [e for e in hooks.profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(e.device_time for e in events) / 1e3  # microseconds -> ms (kernel-only, summed)
+    steps = max(run.tokens - 1, 1)
+    print(f"\n[{name}] decode {run.decode_ms:.2f} ms for {steps} steps: {run.decode_ms / steps:.3f} ms/step, "
+          f"GPU kernel time {busy_ms / steps:.3f} ms/step ({100 * busy_ms / run.decode_ms:.0f} % busy), "
+          f"{len(events) / steps:.0f} kernels/step")
+    table = hooks.profile.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=60)
+    print(table)
+
+
 def median(values):
     return statistics.median(values)
 
@@ -69,15 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/selfbench", help="folder for selfbench.json")
     parser.add_argument("--decode-probe", action="store_true",
                         help="only a few static decode steps (for ncu on the decode kernels)")
+    parser.add_argument("--profile-decode", action="store_true",
+                        help="torch.profiler over the decode of each backend: GPU busy time and top kernels per step")
     args = parser.parse_args(argv)
     cfg, adapter, policy, sample = build(args)
     device, n = adapter.device, args.tokens
 
     def exact_length(prompt_len: int):
-        return [MinNewTokensLengthLogitsProcessor(prompt_len, n, policy.eos_token_id)]
+        return [MinNewTokensLengthLogitsProcessor(prompt_len, n, policy.eos_token_id, device=str(device))]
 
     def force_eos(prompt_len: int):
-        return [ForcedEOSTokenLogitsProcessor(prompt_len + n, policy.eos_token_id)]
+        return [ForcedEOSTokenLogitsProcessor(prompt_len + n, policy.eos_token_id, device=str(device))]
 
     static_adapter = copy.copy(adapter)
     static_adapter.decode_backend = "static"
@@ -90,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         # `ncu --profile-from-start off` then sees exactly the decode kernels.
         static.run(sample)
         static.run(sample, hooks=DecodeOnlyCapture())
+        return 0
+    if args.profile_decode:
+        for name, engine in (("eager", eager), ("static", static)):
+            profile_decode(name, engine, sample, n)
         return 0
     numeric_eos = Engine(adapter, policy, n, extra_processors=force_eos)
     inf_eos = Engine(adapter, policy, None, extra_processors=force_eos)

@@ -8,6 +8,7 @@ model's own monolithic ``generate`` on the same prepared inputs, for parity chec
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -73,6 +74,16 @@ class DeepseekOCRAdapter:
         out = self.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
         # float32 copy of the last position, as generate() takes it before the logits processors
         return out.logits[:, -1].float(), out.past_key_values
+
+    def decode_context(self):
+        """The kernel choices ``generate`` makes for one-token steps, so both decode alike.
+
+        On a GPU, transformers' generate switches the MoE from ``grouped_mm`` to ``batched_mm``
+        for the decode loop (much faster at one token); doing the same keeps our loop's kernels,
+        speed and tokens those of the reference path.
+        """
+        optimize = getattr(self.model, "_optimize_model_for_decode", None)
+        return optimize() if optimize is not None else nullcontext()
 
     def begin_decode(self, cache: DynamicCache, prompt_len: int, budget: int):
         if self.static is None:
