@@ -1,0 +1,1 @@
+"""The benchmark stages (a package, so their module names never clash with test files elsewhere)."""
