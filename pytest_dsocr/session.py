@@ -96,13 +96,12 @@ class DsocrSession:
             stage_cfg = self.config.pipeline.get(stage)
             output_cfg = stage_cfg.output if stage_cfg is not None else self.config.pipeline.direct_inference.output
             prefix = f"pipeline.{stage if stage_cfg is not None else 'direct_inference'}.output"
-            outputs = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix)
-            if self.collector.worker is not None and outputs.prediction_path is not None:
+            writer = None
+            if self.collector.worker is not None:
                 # xdist workers share the stage's predictions.jsonl: append under a file lock
-                from pytest_dsocr.xdist import LockedPredictionWriter
-
-                outputs._predictions = LockedPredictionWriter(outputs.prediction_path)
-            self._outputs[stage] = outputs
+                from pytest_dsocr.xdist import LockedPredictionWriter as writer
+            self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix,
+                                                prediction_writer=writer)
         return self._outputs[stage]
 
     def run(self, sample: Sample, *, stage: str = "direct_inference", hooks: ProfilingHooks = NO_HOOKS,

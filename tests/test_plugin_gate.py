@@ -62,7 +62,7 @@ def test_a_large_slowdown_fails_the_session(stage_dir, baseline_run, tmp_path):
 
 def test_a_faster_run_passes_the_gate(stage_dir, baseline_run, tmp_path):
     baseline = tmp_path / "baseline.json"
-    baseline.write_text(json.dumps(scaled(baseline_run, 4.0)))
+    baseline.write_text(json.dumps(scaled(baseline_run, 20.0)))  # far beyond any machine noise
     result = stage_dir.runpytest(*QUICK, "--dsocr-run-dir", str(tmp_path / "run"), "--dsocr-baseline", str(baseline))
     assert result.ret == pytest.ExitCode.OK
     assert "| improvement |" in result.stdout.str()

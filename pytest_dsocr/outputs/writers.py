@@ -171,7 +171,10 @@ class StageOutputs:
     rounds and epochs cost nothing here. Predictions get one line per recorded run.
     """
 
-    def __init__(self, stage_dir: str | Path, cfg: StageOutputConfig, key_prefix: str = "output"):
+    def __init__(self, stage_dir: str | Path, cfg: StageOutputConfig, key_prefix: str = "output",
+                 prediction_writer: Callable[[Path], Any] | None = None):
+        """``prediction_writer(path)`` makes the predictions.jsonl writer (default PredictionWriter;
+        xdist workers pass one that appends under a file lock)."""
         validate_stage_output_config(cfg, key_prefix)
         self.stage_dir = Path(stage_dir)
         extra = cfg.extra.deepseek_ocr
@@ -182,7 +185,8 @@ class StageOutputs:
             self._resolve(cfg.prediction.save_dir) / PREDICTIONS_FILE if cfg.prediction.enable else None
         )
         self.viz_root = self._resolve(cfg.visualization.save_dir) if cfg.visualization.enable else None
-        self._predictions = PredictionWriter(self.prediction_path) if self.prediction_path else None
+        make_writer = prediction_writer or PredictionWriter
+        self._predictions = make_writer(self.prediction_path) if self.prediction_path else None
         self._visualized: set[str] = set()
 
     def _resolve(self, save_dir: str) -> Path:
