@@ -8,21 +8,19 @@ model's own monolithic ``generate`` on the same prepared inputs, for parity chec
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from pytest_dsocr.data.images import load_image
 from pytest_dsocr.decoding import DecodePolicy
 from pytest_dsocr.models import build_model
+from pytest_dsocr.models.decode_steps import DecodeSteps
 from pytest_dsocr.models.deepseek_ocr.processing import PreparedInputs, prepare_inputs
 from pytest_dsocr.models.deepseek_ocr.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr.tokenizer import load_tokenizer
 
 
-class DeepseekOCRAdapter:
+class DeepseekOCRAdapter(DecodeSteps):
     family = "deepseek_ocr"
     substages = ("sam", "clip", "projector")
 
@@ -41,20 +39,11 @@ class DeepseekOCRAdapter:
         self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
-        self.decode_backend = decode_backend
-        self.static = None
-        if decode_backend == "static":
-            from pytest_dsocr.static_decode import StaticDecoder
-
-            self.static = StaticDecoder(self.model, self.model.model.language_model.config,
-                                        self.max_positions, device)
+        self.init_decode_backend(decode_backend)
 
     def substage_modules(self) -> list[tuple[str, torch.nn.Module]]:
         inner = self.model.model
         return [("sam", inner.sam_model), ("clip", inner.vision_model), ("projector", inner.projector)]
-
-    def load(self, image_path: Path):
-        return load_image(image_path)
 
     def prepare(self, image) -> PreparedInputs:
         return prepare_inputs(
@@ -70,32 +59,7 @@ class DeepseekOCRAdapter:
         inputs_embeds = self.model.model.merge_image_embeddings(
             prepared.input_ids, image_embeds, prepared.images_seq_mask
         )
-        cache = DynamicCache()
-        out = self.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        # float32 copy of the last position, as generate() takes it before the logits processors
-        return out.logits[:, -1].float(), out.past_key_values
-
-    def decode_context(self):
-        """The kernel choices ``generate`` makes for one-token steps, so both decode alike.
-
-        On a GPU, transformers' generate switches the MoE from ``grouped_mm`` to ``batched_mm``
-        for the decode loop (much faster at one token); doing the same keeps our loop's kernels,
-        speed and tokens those of the reference path.
-        """
-        optimize = getattr(self.model, "_optimize_model_for_decode", None)
-        return optimize() if optimize is not None else nullcontext()
-
-    def begin_decode(self, cache: DynamicCache, prompt_len: int, budget: int):
-        if self.static is None:
-            return cache
-        self.static.start(cache, prompt_len, budget)
-        return self.static
-
-    def decode_step(self, token: torch.Tensor, cache) -> torch.Tensor:
-        if self.static is not None:
-            return self.static.step(token)
-        out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float()
+        return self.prefill_embeds(inputs_embeds)
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the same inputs: the reference path for parity."""
@@ -111,7 +75,3 @@ class DeepseekOCRAdapter:
                 **policy.generate_kwargs(),
             )
         return out[0, prepared.input_ids.shape[1]:].tolist()
-
-    def decode_text(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
-

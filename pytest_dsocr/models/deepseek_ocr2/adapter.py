@@ -13,14 +13,13 @@ the tiles and once for the global view.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from pytest_dsocr.data.images import load_image
 from pytest_dsocr.decoding import DecodePolicy
 from pytest_dsocr.models import build_model
+from pytest_dsocr.models.decode_steps import DecodeSteps
 from pytest_dsocr.models.deepseek_ocr2.processing import (
     PreparedInputs,
     ViewSettings,
@@ -34,7 +33,7 @@ FAMILY = "deepseek_ocr2"
 SUBSTAGES = ("sam", "encoder", "projector")
 
 
-class DeepseekOCR2Adapter:
+class DeepseekOCR2Adapter(DecodeSteps):
     family = FAMILY
     substages = SUBSTAGES
 
@@ -52,22 +51,13 @@ class DeepseekOCR2Adapter:
         self.processor = build_processor(self.tokenizer, self.spec, self.views)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
-        self.decode_backend = decode_backend
-        self.static = None
-        if decode_backend == "static":
-            from pytest_dsocr.static_decode import StaticDecoder
-
-            self.static = StaticDecoder(self.model, self.model.model.language_model.config,
-                                        self.max_positions, device)
+        self.init_decode_backend(decode_backend)
 
     def substage_modules(self) -> list[tuple[str, torch.nn.Module]]:
         inner = self.model.model
         tower = inner.vision_tower
         return [("sam", tower.sam_encoder), ("encoder", tower.vision_encoder),
                 ("projector", inner.multi_modal_projector)]
-
-    def load(self, image_path: Path):
-        return load_image(image_path)
 
     def prepare(self, image) -> PreparedInputs:
         return prepare_inputs(image, self.processor, self.spec, self.views, prompt=self.prompt,
@@ -84,23 +74,7 @@ class DeepseekOCR2Adapter:
         image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
         mask = inner.get_placeholder_mask(prepared.input_ids, inputs_embeds, image_embeds)
         inputs_embeds = inputs_embeds.masked_scatter(mask, image_embeds)
-        cache = DynamicCache()
-        out = self.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        # float32 copy of the last position, as generate() takes it before the logits processors
-        return out.logits[:, -1].float(), out.past_key_values
-
-    def begin_decode(self, cache: DynamicCache, prompt_len: int, budget: int):
-        """The static backend takes the prefill's keys/values into its buffers (eager: unchanged)."""
-        if self.static is None:
-            return cache
-        self.static.start(cache, prompt_len, budget)
-        return self.static
-
-    def decode_step(self, token: torch.Tensor, cache) -> torch.Tensor:
-        if self.static is not None:
-            return self.static.step(token)
-        out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float()
+        return self.prefill_embeds(inputs_embeds)
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the processor's inputs: the reference path for parity."""
@@ -114,6 +88,3 @@ class DeepseekOCR2Adapter:
                 **policy.generate_kwargs(),
             )
         return out[0, prepared.input_ids.shape[1]:].tolist()
-
-    def decode_text(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
