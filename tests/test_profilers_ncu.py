@@ -34,6 +34,7 @@ from pytest_dsocr.profilers.ncu_csv import (
 
 DATA = Path(__file__).parent / "data" / "ncu"
 RECORDED = DATA / "probe_h100_raw.csv"
+TINY_DECODE = DATA / "tiny_decode_h100_raw.csv"
 SCALED = DATA / "scaled_units_raw.csv"
 
 
@@ -142,6 +143,14 @@ def test_recorded_h100_probe_parses_per_stage():
     assert first.flops == pytest.approx(2 * 256 ** 3, rel=0.01)
     assert first.arithmetic_intensity == pytest.approx(first.flops / 553_472)
     assert first.bound(60.0) == "latency"  # tiny kernels: neither unit near its peak
+
+
+def test_recorded_decode_pass_of_the_tiny_model():
+    kernels = parse_raw_csv(TINY_DECODE.read_text(), range_name="decode")
+    assert len(kernels) == 20  # launch count of the default preset
+    assert {(k.sample, k.stage, k.range) for k in kernels} == {("page_001", "decode", "decode")}
+    assert all(k.duration_ns and k.duration_ns > 0 for k in kernels)
+    assert all(k.sm_throughput_pct is not None and k.achieved_occupancy_pct is not None for k in kernels)
 
 
 def test_raw_csv_layout_and_prof_lines():

@@ -271,7 +271,8 @@ def kernels_markdown(kernels: Sequence[NcuKernel], latency_pct: float, top_k: in
         "range around it (vision launches are split into sam/clip/projector; prefill keeps the "
         "decoder's prefill). Percentages are duration-weighted means of % of peak. Bound: the "
         f"busier of SM and memory throughput; latency when both stay under {latency_pct:g}% "
-        "(Nsight Compute's speed-of-light reading). Arithmetic intensity counts CUDA-core FLOPs "
+        "(Nsight Compute's speed-of-light reading; Memory % is the busiest memory unit, L1/L2/DRAM, "
+        "so a kernel can be memory-bound at a low DRAM %). Arithmetic intensity counts CUDA-core FLOPs "
         "(SASS add/mul/fma, fp16/32/64) per DRAM byte: tensor-core GEMMs are not in those counters.",
         "", "## Per stage", "",
     ]
@@ -283,10 +284,10 @@ def kernels_markdown(kernels: Sequence[NcuKernel], latency_pct: float, top_k: in
                         "FLOP/byte", "Bound"], rows))
     parts += ["", f"## Top {top_k} kernels (by total duration)", ""]
     rows = [[r["stage"], short_name(r["kernel"]), r["launches"], _num(r["duration_ms"], 3), _num(r["mean_us"], 2),
-             _num(r["sm_throughput_pct"]), _num(r["dram_throughput_pct"]), _num(r["achieved_occupancy_pct"]),
-             _num(r["arithmetic_intensity"], 2), r["bound"] or "n/a"]
+             _num(r["sm_throughput_pct"]), _num(r["memory_throughput_pct"]), _num(r["dram_throughput_pct"]),
+             _num(r["achieved_occupancy_pct"]), _num(r["arithmetic_intensity"], 2), r["bound"] or "n/a"]
             for r in top_kernels(kernels, latency_pct, top_k)]
-    parts.append(table(["Stage", "Kernel", "Launches", "Total (ms)", "Mean (us)", "SM %", "DRAM %",
+    parts.append(table(["Stage", "Kernel", "Launches", "Total (ms)", "Mean (us)", "SM %", "Memory %", "DRAM %",
                         "Occupancy %", "FLOP/byte", "Bound"], rows, numeric_from=2))
     return "\n".join(parts) + "\n"
 
