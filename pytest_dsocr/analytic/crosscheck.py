@@ -10,7 +10,9 @@ On the meta device SDPA decomposes into counted bmm's and nothing is allocated.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.workload import Workload
@@ -69,18 +71,19 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
     return counter.get_total_flops(), result
 
 
-def measure_stage_flops(model, wl: Workload) -> dict[str, int]:
-    """FlopCounterMode counts of each stage of :data:`CROSSCHECK_STAGES` for one workload.
+def count_stage_flops(model, wl: Workload, param, count_view: Callable[..., dict[str, int]]) -> dict[str, int]:
+    """FlopCounterMode counts of the vision parts, prefill and the first decode step.
 
-    The vision stages see the global view (batch ``wl.batch``) and, with crops, all tiles in a
-    second call; CLIP and the projector get features of the shapes SAM produces. Prefill runs the
-    decoder over ``wl.prefill_tokens`` embeddings plus lm_head on the last position; the decode
-    step feeds one more token against that cache (context ``prefill_tokens + 1``).
+    The vision tower sees the global view (batch ``wl.batch``) and, with crops, all tiles in a
+    second call: ``count_view(size, n, randn)`` counts one call on ``n`` views of ``size`` px per
+    vision part, ``randn(*shape)`` making inputs on the device and dtype of ``param``. Prefill
+    runs the decoder (``model.model.language_model``) over ``wl.prefill_tokens`` embeddings plus
+    lm_head on the last position; the decode step feeds one more token against that cache
+    (context ``prefill_tokens + 1``).
     """
     import torch
 
     inner = model.model
-    param = inner.projector.layers.weight
     device, dtype = param.device, param.dtype
     batch = int(wl.batch)
     crops = int(wl.crops)
@@ -89,16 +92,10 @@ def measure_stage_flops(model, wl: Workload) -> dict[str, int]:
         return torch.randn(*shape, device=device, dtype=dtype)
 
     views = [(wl.base_size, batch)] + ([(wl.image_size, batch * crops)] if crops else [])
-    counts = {"sam": 0, "clip": 0, "projector": 0}
+    counts: dict[str, int] = {}
     for size, n in views:
-        flops, sam_out = count_flops(inner.sam_model, randn(n, 3, size, size))
-        counts["sam"] += flops
-        features = sam_out.last_hidden_state
-        flops, clip_out = count_flops(inner.vision_model, None, features)
-        counts["clip"] += flops
-        q = features.shape[-1]
-        projector_in = randn(n, q * q, clip_out.shape[-1] + features.shape[1])
-        counts["projector"] += count_flops(inner.projector, projector_in)[0]
+        for name, flops in count_view(size, n, randn).items():
+            counts[name] = counts.get(name, 0) + flops
 
     text = inner.language_model
     hidden = text.config.hidden_size
@@ -114,12 +111,31 @@ def measure_stage_flops(model, wl: Workload) -> dict[str, int]:
     return counts
 
 
-def crosscheck(model, cost_model: DeepseekOCRCostModel, wl: Workload) -> list[CrossCheckRow]:
-    """Analytic vs counted matmul FLOPs per stage for one (scalar) workload."""
-    counted = measure_stage_flops(model, wl)
-    stages = cost_model.stages(wl)
-    return [CrossCheckRow(name, int(stages[name].matmul_flops), int(counted[name]))
-            for name in CROSSCHECK_STAGES]
+def measure_stage_flops(model, wl: Workload) -> dict[str, int]:
+    """FlopCounterMode counts of each stage of :data:`CROSSCHECK_STAGES` for one workload
+    (see :func:`count_stage_flops`): CLIP and the projector get features of the shapes SAM
+    produces."""
+    inner = model.model
+
+    def view(size: int, n: int, randn) -> dict[str, int]:
+        sam_flops, sam_out = count_flops(inner.sam_model, randn(n, 3, size, size))
+        features = sam_out.last_hidden_state
+        clip_flops, clip_out = count_flops(inner.vision_model, None, features)
+        q = features.shape[-1]
+        projector_in = randn(n, q * q, clip_out.shape[-1] + features.shape[1])
+        return {"sam": sam_flops, "clip": clip_flops, "projector": count_flops(inner.projector, projector_in)[0]}
+
+    return count_stage_flops(model, wl, inner.projector.layers.weight, view)
+
+
+def crosscheck(model, cost_model: DeepseekOCRCostModel, wl: Workload, *,
+               measure: Callable[[Any, Workload], dict[str, int]] = measure_stage_flops,
+               stages: Sequence[str] = CROSSCHECK_STAGES) -> list[CrossCheckRow]:
+    """Analytic vs counted matmul FLOPs per stage for one (scalar) workload; ``measure`` and
+    ``stages`` are the model family's (v1's by default)."""
+    counted = measure(model, wl)
+    costs = cost_model.stages(wl)
+    return [CrossCheckRow(name, int(costs[name].matmul_flops), int(counted[name])) for name in stages]
 
 
 def module_params(model) -> int:

@@ -338,6 +338,11 @@ def _present(count: Number) -> Number:
 class DeepseekOCRCostModel:
     """The four parts of DeepSeek-OCR v1 as cost objects; build once, evaluate any workload."""
 
+    # The vision tower's parts in run order, as stages and sweep columns name them: SAM, the
+    # encoder fed SAM's features (:attr:`vision_encoder`), the projector.
+    VISION_PARTS = ("sam", "clip", "projector")
+    STAGES = STAGES
+
     def __init__(self, spec: DeepseekOCRSpec) -> None:
         self.spec = spec
         self.sam = SamCost(spec.sam)
@@ -351,24 +356,29 @@ class DeepseekOCRCostModel:
         self._steps: dict[tuple, tuple[Cost, Cost]] = {}
 
     @property
+    def vision_encoder(self) -> ClipCost:
+        """The part between SAM and the projector (v1: CLIP)."""
+        return self.clip
+
+    @property
     def params(self) -> int:
         """Every parameter of the model (must equal the torch module's)."""
         return (
-            self.sam.params + self.clip.params + self.projector.params
+            self.sam.params + self.vision_encoder.params + self.projector.params
             + self.decoder.params + self.decoder.lm_head_params
         )
 
     def stage_params(self) -> dict[str, int]:
-        vision = self.sam.params + self.clip.params + self.projector.params
+        parts = (self.sam.params, self.vision_encoder.params, self.projector.params)
         text = self.decoder.params + self.decoder.lm_head_params
         return {
-            "sam": self.sam.params, "clip": self.clip.params, "projector": self.projector.params,
-            "vision": vision, "prefill": text, "decode_step": text, "decode": text,
+            **dict(zip(self.VISION_PARTS, parts)),
+            "vision": sum(parts), "prefill": text, "decode_step": text, "decode": text,
             "lm_head": self.decoder.lm_head_params,
         }
 
     def views(self, size: int, batch: Number, mode: str, nbytes: int) -> tuple[Cost, Cost, Cost]:
-        """SAM, CLIP and projector costs of one encoder call on ``batch`` views of ``size`` px.
+        """SAM, encoder and projector costs of one vision-tower call on ``batch`` views of ``size`` px.
 
         A call is affine in its batch (weights read once, everything else per view), so each
         view size is evaluated once, at batch 0 and 1, and any batch is ``at0 + batch * per_view``:
@@ -380,22 +390,22 @@ class DeepseekOCRCostModel:
             q = self.sam.out_side(size)
 
             def call(b: int) -> tuple[Cost, Cost, Cost]:
-                return (self.sam.forward(size, b, mode, nbytes), self.clip.forward(q, b, mode, nbytes),
-                        self.projector.forward(q, b, nbytes))
+                return (self.sam.forward(size, b, mode, nbytes),
+                        self.vision_encoder.forward(q, b, mode, nbytes), self.projector.forward(q, b, nbytes))
 
             parts = self._views[key] = tuple((at0, at1 - at0) for at0, at1 in zip(call(0), call(1)))
         return tuple(at0 + per_view * batch for at0, per_view in parts)
 
     def vision(self, wl) -> dict[str, Cost]:
-        """SAM, CLIP and projector over the global view (batch ``wl.batch``) and, when there are
-        crops, over all tiles in one more call (batch ``wl.batch * wl.crops``), as the vendor runs
-        them; each call reads the weights once."""
+        """SAM, the vision encoder and the projector over the global view (batch ``wl.batch``)
+        and, when there are crops, over all tiles in one more call (batch ``wl.batch * wl.crops``),
+        as the vendor runs them; each call reads the weights once. Keyed by :attr:`VISION_PARTS`."""
         mode, nb = wl.attention, wl.dtype_bytes
         present = _present(wl.crops)
         global_view = self.views(wl.base_size, wl.batch, mode, nb)
         crops = self.views(wl.image_size, wl.batch * wl.crops, mode, nb)
-        sam, clip, projector = (g + c * present for g, c in zip(global_view, crops))
-        return {"sam": sam, "clip": clip, "projector": projector, "vision": sam + clip + projector}
+        sam, encoder, projector = (g + c * present for g, c in zip(global_view, crops))
+        return {**dict(zip(self.VISION_PARTS, (sam, encoder, projector))), "vision": sam + encoder + projector}
 
     def prefill(self, wl) -> Cost:
         """Decoder over the whole prompt (vision excluded) plus lm_head on the last position."""
@@ -435,7 +445,7 @@ class DeepseekOCRCostModel:
         return at0 * n + per_token * (n * prefill_tokens + n * (n + 1) // 2)
 
     def stages(self, wl) -> dict[str, "StageCost"]:
-        """Every stage of :data:`STAGES` for one workload (fields are arrays for array workloads).
+        """Every stage of :attr:`STAGES` for one workload (fields are arrays for array workloads).
 
         ``decode_step`` is the first decode step (context ``prefill_tokens + 1``); ``decode`` sums
         ``wl.decode_steps`` steps.
@@ -447,7 +457,7 @@ class DeepseekOCRCostModel:
                                       wl.dtype_bytes)
         costs["lm_head"] = self.decoder.lm_head(wl.batch, wl.dtype_bytes)
         params = self.stage_params()
-        return {name: StageCost(name, params[name], costs[name]) for name in STAGES}
+        return {name: StageCost(name, params[name], costs[name]) for name in self.STAGES}
 
     def layer_breakdown(self, wl) -> dict[str, list[LayerCost]]:
         """Per-layer costs of the global view, one crop tile (batch 1 each), prefill and the
@@ -456,9 +466,9 @@ class DeepseekOCRCostModel:
         q_g, q_c = self.sam.out_side(wl.base_size), self.sam.out_side(wl.image_size)
         out = {
             "global_view": self.sam.layers(wl.base_size, wl.batch, mode, nb)
-            + self.clip.layers(q_g, wl.batch, mode, nb) + self.projector.layers(q_g, wl.batch, nb),
+            + self.vision_encoder.layers(q_g, wl.batch, mode, nb) + self.projector.layers(q_g, wl.batch, nb),
             "crop_tile": self.sam.layers(wl.image_size, 1, mode, nb)
-            + self.clip.layers(q_c, 1, mode, nb) + self.projector.layers(q_c, 1, nb),
+            + self.vision_encoder.layers(q_c, 1, mode, nb) + self.projector.layers(q_c, 1, nb),
         }
         t = wl.prefill_tokens
         head = LayerCost("lm_head", 1, self.decoder.lm_head(wl.batch, nb), self.decoder.lm_head_params)

@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pytest_dsocr.analytic import efficiency as eff
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
@@ -89,7 +89,26 @@ def choose_hardware(cfg: Any, file_env: Optional[dict]) -> HardwareChoice:
 def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str) -> tuple[Workload, tuple[int, int], dict]:
     """The workload the report describes, its crop grid, and where each number came from."""
     spec = SPECS[cfg.model.size]
-    model, sa = cfg.model, cfg.static_analysis
+    model = cfg.model
+    return workload_from_config(
+        cfg, runs, dtype, spec.text.max_position_embeddings,
+        reference_grid=lambda page: crop_grid_for(page, model.base_size, model.image_size, model.crop_mode,
+                                                  model.max_crops),
+        for_grid=lambda grid, **sizes: workload_for_grid(spec, model.base_size, model.image_size, grid, **sizes),
+    )
+
+
+def workload_from_config(cfg: Any, runs: Sequence[eff.Measured], dtype: str, max_positions: int, *,
+                         reference_grid: Callable[[tuple[int, int]], tuple[int, int]],
+                         for_grid: Callable[..., Workload]) -> tuple[Workload, tuple[int, int], dict]:
+    """The workload, its crop grid and each number's source, by the rules of every family: the
+    config, else the measured runs, else :data:`REFERENCE_PAGE` / the default prompt /
+    ``infer.max_new_tokens`` within the decoder's ``max_positions``.
+
+    ``reference_grid(page_wh)`` is the family's crop grid of a page; ``for_grid(grid, **sizes)``
+    its workload of one page cut into ``grid``.
+    """
+    sa = cfg.static_analysis
     sources = {}
     if sa.crop_grid is not None:
         grid, sources["crop_grid"] = tuple(int(g) for g in sa.crop_grid), "config"
@@ -98,7 +117,7 @@ def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str) -> tuple
     elif runs:
         grid, sources["crop_grid"] = Counter(m.crop_grid for m in runs).most_common(1)[0][0], "measured (most common)"
     else:
-        grid = crop_grid_for(REFERENCE_PAGE, model.base_size, model.image_size, model.crop_mode, model.max_crops)
+        grid = reference_grid(REFERENCE_PAGE)
         sources["crop_grid"] = f"reference page {REFERENCE_PAGE[0]}x{REFERENCE_PAGE[1]}"
     if sa.text_tokens is not None:
         text, sources["text_tokens"] = sa.text_tokens, "config"
@@ -107,23 +126,23 @@ def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str) -> tuple
         sources["text_tokens"] = "measured (mean)"
     else:
         text, sources["text_tokens"] = DEFAULT_TEXT_TOKENS, "default"
-    wl = workload_for_grid(spec, model.base_size, model.image_size, grid, text_tokens=int(text),
-                           batch=int(sa.batch_size), dtype_bytes=dtype_bytes(dtype), attention=str(sa.attention))
+    wl = for_grid(grid, text_tokens=int(text), batch=int(sa.batch_size), dtype_bytes=dtype_bytes(dtype),
+                  attention=str(sa.attention))
     if sa.decode_steps is not None:
         steps, sources["decode_steps"] = sa.decode_steps, "config"
     elif runs:
         steps = round(sum(max(m.tokens - 1, 0) for m in runs) / len(runs))
         sources["decode_steps"] = "measured (mean)"
     else:  # up to max_new_tokens, within the decoder's positions ("inf": all of them)
-        room = spec.text.max_position_embeddings - int(wl.prefill_tokens)
+        room = max_positions - int(wl.prefill_tokens)
         max_new = cfg.infer.max_new_tokens
         steps = min(int(max_new) - 1, room) if isinstance(max_new, int) else room
         sources["decode_steps"] = f"infer.max_new_tokens={max_new}"
-    return dataclasses.replace(wl, decode_steps=max(int(steps), 0)), grid, sources
+    return dataclasses.replace(wl, decode_steps=max(int(steps), 0)), tuple(grid), sources
 
 
-def _flop_count(cfg: Any, model: DeepseekOCRCostModel, wl: Workload) -> dict:
-    from pytest_dsocr.analytic.crosscheck import crosscheck, module_params
+def _flop_count(cfg: Any, model: DeepseekOCRCostModel, wl: Workload, crosscheck: Callable) -> dict:
+    from pytest_dsocr.analytic.crosscheck import module_params
     from pytest_dsocr.models import build_model
 
     module = build_model(cfg.model.family, cfg.model.size, device=COUNT_DEVICE,
@@ -233,6 +252,17 @@ def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) ->
                          f"use {SUPPORTED_FAMILY}")
     if cfg.model.size not in SPECS:
         raise DsocrError(f"model.size={cfg.model.size!r}: choose one of {', '.join(SPECS)}")
+    from pytest_dsocr.analytic.crosscheck import crosscheck
+
+    return analyse(cfg, out_dir, records, DeepseekOCRCostModel(SPECS[cfg.model.size]),
+                   lambda runs, dtype: static_workload(cfg, runs, dtype), crosscheck)
+
+
+def analyse(cfg: Any, out_dir: Path, records: Sequence[Any], model: DeepseekOCRCostModel,
+            workload: Callable[[list[eff.Measured], str], tuple[Workload, tuple[int, int], dict]],
+            crosscheck: Callable) -> StaticAnalysisResult:
+    """The stage on one family's cost model: ``workload(runs, dtype)`` is the family's
+    :func:`static_workload`, ``crosscheck(module, model, wl)`` its FLOP-count cross-check."""
     runs, file_env = load_measured(cfg, records)
     choice = choose_hardware(cfg, file_env)
     if runs:
@@ -240,8 +270,7 @@ def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) ->
     else:
         on_cuda = choice.hardware is not None
     dtype = resolve_dtype_name(str(cfg.model.dtype), on_cuda)
-    wl, grid, sources = static_workload(cfg, runs, dtype)
-    model = DeepseekOCRCostModel(SPECS[cfg.model.size])
+    wl, grid, sources = workload(runs, dtype)
     report = {
         "model": {"family": cfg.model.family, "size": cfg.model.size, "params": model.params},
         "workload": {
@@ -260,7 +289,7 @@ def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) ->
                                                            wl.dtype_bytes)),
         "layers": _layers_json(model, wl),
     }
-    report["flop_counter"] = (_flop_count(cfg, model, wl) if cfg.static_analysis.flop_counter
+    report["flop_counter"] = (_flop_count(cfg, model, wl, crosscheck) if cfg.static_analysis.flop_counter
                               else {"skipped": "static_analysis.flop_counter=false"})
     markdown = render_markdown(report)
     out_dir = Path(out_dir)

@@ -20,7 +20,13 @@ import numpy as np
 from pytest_dsocr.analytic.config import CONTEXT_STEP, DEFAULT_DECODE_STEPS
 from pytest_dsocr.analytic.efficiency import MS, floor_seconds
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
-from pytest_dsocr.analytic.workload import candidate_grids, dtype_bytes, resolve_dtype_name, workload_for_grids
+from pytest_dsocr.analytic.workload import (
+    Workload,
+    candidate_grids,
+    dtype_bytes,
+    resolve_dtype_name,
+    workload_for_grids,
+)
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import Hardware
 from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
@@ -78,20 +84,27 @@ def _floor_ms(flops, nbytes, s: SweepSettings) -> np.ndarray:
 
 def crop_sweeps(model: DeepseekOCRCostModel, grids: Sequence[tuple[int, int]], s: SweepSettings
                 ) -> tuple[Columns, Columns]:
-    """Both crop-grid sweeps from one evaluation of the grids' workload.
-
-    ``vision_crops``: vision tokens, FLOPs and bytes of every grid. ``vision_prefill``: per grid,
-    vision, then the decoder prefill over that grid's image tokens plus the prompt.
-    """
+    """Both crop-grid sweeps from one evaluation of the grids' workload (see :func:`crop_columns`)."""
     wl = workload_for_grids(model.spec, s.base_size, s.image_size, grids, text_tokens=s.text_tokens,
                             batch=s.batch, dtype_bytes=s.dtype_bytes, attention=s.attention)
+    return crop_columns(model, wl, grids, s)
+
+
+def crop_columns(model: DeepseekOCRCostModel, wl: Workload, grids: Sequence[tuple[int, int]], s: SweepSettings
+                 ) -> tuple[Columns, Columns]:
+    """Both crop-grid sweeps of ``grids``, whose array workload is ``wl``.
+
+    ``vision_crops``: vision tokens, FLOPs and bytes of every grid, with one ``<part>_flops``
+    column per part of the model's vision tower. ``vision_prefill``: per grid, vision, then the
+    decoder prefill over that grid's image tokens plus the prompt.
+    """
     v = model.vision(wl)
     vision, prefill = v["vision"], model.prefill(wl)
     grid_cols = {"grid_w": np.array([g[0] for g in grids]), "grid_h": np.array([g[1] for g in grids]),
                  "crops": wl.crops, "image_tokens": wl.image_tokens}
     crops = {
         **grid_cols,
-        "sam_flops": v["sam"].flops, "clip_flops": v["clip"].flops, "projector_flops": v["projector"].flops,
+        **{f"{part}_flops": v[part].flops for part in model.VISION_PARTS},
         "vision_flops": vision.flops, "vision_matmul_flops": vision.matmul_flops,
         "vision_bytes": vision.bytes, "vision_weight_bytes": vision.weight_bytes,
         "vision_activation_bytes": vision.activation_bytes,
