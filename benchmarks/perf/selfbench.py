@@ -24,6 +24,7 @@ import copy
 import json
 import statistics
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/selfbench", help="folder for selfbench.json")
     parser.add_argument("--decode-probe", action="store_true",
                         help="only a few static decode steps (for ncu on the decode kernels)")
+    parser.add_argument("--static-variants", action="store_true",
+                        help="only static-backend TPOT for MoE kernel / torch.compile variants")
     parser.add_argument("--profile-decode", action="store_true",
                         help="torch.profiler over the decode of each backend: GPU busy time and top kernels per step")
     args = parser.parse_args(argv)
@@ -120,6 +123,24 @@ def main(argv: list[str] | None = None) -> int:
         # `ncu --profile-from-start off` then sees exactly the decode kernels.
         static.run(sample)
         static.run(sample, hooks=DecodeOnlyCapture())
+        return 0
+    if args.static_variants:
+        for kernel, compiled in (("batched_mm", False), ("grouped_mm", False), ("batched_mm", True)):
+            variant = copy.copy(adapter)
+            variant.static = StaticDecoder(adapter.model, adapter.model.model.language_model.config,
+                                           adapter.max_positions, device, experts_kernel=kernel, compile_step=compiled)
+            engine = Engine(variant, policy, n, extra_processors=exact_length)
+            try:
+                start = time.perf_counter()
+                first = engine.run(sample)
+                warm_s = time.perf_counter() - start
+                runs_v = [engine.run(sample) for _ in range(3)]
+            except Exception as exc:  # report the variant that cannot run, try the next
+                print(f"static {kernel} compile={compiled}: failed: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            graph = variant.static.active.graph is not None
+            print(f"static {kernel} compile={compiled}: first run {warm_s:.1f} s, graph={graph}, "
+                  f"TPOT {spread([r.tpot_ms for r in runs_v])} ms, tokens == first {runs_v[-1].token_ids == first.token_ids}")
         return 0
     if args.profile_decode:
         for name, engine in (("eager", eager), ("static", static)):
