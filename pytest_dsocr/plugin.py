@@ -404,6 +404,25 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session):
+    """--dsocr-profiler=nsys with nsys on PATH: run the selected tests again under nsys instead."""
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None or state.profiler != "nsys" or session.config.option.collectonly:
+        return None
+    from pytest_dsocr.profilers.nsys import relaunch_under_nsys, should_relaunch_under_nsys
+
+    if not should_relaunch_under_nsys(state.profiler):
+        return None
+    params = session.config.invocation_params
+    result = relaunch_under_nsys(state.cfg.profiling.nsys, run_dir=state.run_dir, pytest_args=list(params.args),
+                                 rootdir=params.dir)
+    state.nsys_relaunch = result
+    if result.returncode != 0 or result.error:
+        session.testsfailed = max(session.testsfailed, 1)
+    return True  # the tests ran in the child
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     """Put the run dir and the stage aggregates into --benchmark-json (per-test stage timings
@@ -422,6 +441,16 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
+    relaunch = getattr(state, "nsys_relaunch", None)
+    if relaunch is not None:
+        terminalreporter.section("pytest-dsocr: Nsight Systems")
+        terminalreporter.write_line(f"command: {' '.join(map(str, relaunch.command))}")
+        if relaunch.error:
+            terminalreporter.write_line(f"nsys: {relaunch.error}", red=True)
+        else:
+            terminalreporter.write_line(f"summary: {state.run_dir / 'nsys' / 'summary.md'}")
+        terminalreporter.write_line(f"run dir: {state.run_dir}")
+        return
     if state is None or state.worker is not None or state._collector is None or not state._collector.has_data:
         return
     from pytest_dsocr.report.summary import render_terminal_summary

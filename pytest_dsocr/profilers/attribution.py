@@ -34,11 +34,12 @@ STAGE_PARENT: dict[str, str | None] = {
     "vision": "prefill",
     "sam": "vision",
     "clip": "vision",
+    "encoder": "vision",  # DeepSeek-OCR-2's vision encoder, in place of v1's clip
     "projector": "vision",
     "decode": None,
 }
 # Order of the stage tables.
-STAGE_ORDER = ("preprocess", "prefill", "vision", "sam", "clip", "projector", "decode")
+STAGE_ORDER = ("preprocess", "prefill", "vision", "sam", "clip", "encoder", "projector", "decode")
 # A range name we do not know (another model family's sub-stage) nests inside vision.
 UNKNOWN_DEPTH = 3
 
