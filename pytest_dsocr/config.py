@@ -281,6 +281,12 @@ def validate(cfg: DictConfig) -> None:
     validate_profiling_config(cfg.profiling)
     for key in ("static_analysis", "sweep"):
         _check_choice(f"{key}.attention", cfg[key].attention, ATTENTION_MODES)
+    if cfg.hardware.name:
+        from pytest_dsocr.hardware import hardware_names
+
+        if cfg.hardware.name not in hardware_names():
+            raise DsocrError(f"hardware.name={cfg.hardware.name!r}: no table in conf/hardware "
+                             f"(known: {', '.join(hardware_names())})")
     if model.path is not None:
         check_model_path(model.path)
 

@@ -58,6 +58,15 @@ class ParityResult:
         return data
 
 
+def warn_if_no_boxes(texts: list[str]) -> bool:
+    """One WARNING when no output of the run holds a single box span; True when it warned."""
+    if not texts or any(parse_markup(text, 1, 1).spans for text in texts):
+        return False
+    log.warning("DeepSeek-OCR: none of the %d outputs holds a <|ref|>/<|det|> box; check the decode path "
+                "against the model's own generate with `pytest benchmarks -m vendor_parity`", len(texts))
+    return True
+
+
 def first_mismatch(a: list[int], b: list[int]) -> int | None:
     for index, (x, y) in enumerate(zip(a, b)):
         if x != y:

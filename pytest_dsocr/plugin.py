@@ -383,6 +383,9 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
     if reason is None and state.xdist is not None:
         reason = state.xdist.reason()
     metrics = state.collector.finish(complete=reason is None, reason=reason)
+    from pytest_dsocr.parity import warn_if_no_boxes
+
+    warn_if_no_boxes([run.text_raw for run in state.collector.records])
     state.final_metrics = metrics
     if state.worker is not None:
         return  # the controller gates and reports the merged run

@@ -154,3 +154,8 @@ def test_override_without_equals():
 def test_hardware_group_sets_the_name():
     cfg = load_config(overrides=["hardware=h100_sxm"])
     assert cfg.hardware.name == "h100_sxm"
+
+
+def test_unknown_hardware_lists_the_known_tables():
+    with pytest.raises(DsocrError, match=r"hardware.name='tpu_v9'.*known: .*h100_sxm"):
+        load_config(overrides=["hardware=tpu_v9"])

@@ -117,3 +117,13 @@ def test_static_backend_gives_the_eager_tokens(pages):
         got = Engine(static, policy, MAX_NEW_TOKENS).run(sample_of(page))
         assert got.token_ids == want.token_ids
     assert static.static.active is not None and static.static.active.graph is None  # no graph on the CPU
+
+
+def test_no_box_warning_fires_once_for_box_free_outputs(caplog):
+    from pytest_dsocr.parity import warn_if_no_boxes
+
+    with caplog.at_level("WARNING"):
+        assert warn_if_no_boxes(["plain text", "<filler_3> more"]) is True
+        assert warn_if_no_boxes(["<|ref|>title<|/ref|><|det|>[[1, 2, 30, 40]]<|/det|>\nHello"]) is False
+        assert warn_if_no_boxes([]) is False
+    assert caplog.text.count("vendor_parity") == 1
