@@ -64,5 +64,12 @@ class DecodeSteps:
         out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
+    def generate_tokens(self, input_ids: torch.Tensor, policy, max_new_tokens: int, **model_inputs) -> list[int]:
+        """The model's own ``generate`` under ``policy`` (the reference path for parity): new ids."""
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, max_new_tokens=max_new_tokens,
+                                      pad_token_id=policy.eos_token_id, **model_inputs, **policy.generate_kwargs())
+        return out[0, input_ids.shape[1]:].tolist()
+
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)

@@ -63,15 +63,8 @@ class DeepseekOCRAdapter(DecodeSteps):
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the same inputs: the reference path for parity."""
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=prepared.input_ids,
-                images=prepared.images,
-                images_seq_mask=prepared.images_seq_mask,
-                images_spatial_crop=prepared.images_spatial_crop,
-                attention_mask=torch.ones_like(prepared.input_ids),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=policy.eos_token_id,
-                **policy.generate_kwargs(),
-            )
-        return out[0, prepared.input_ids.shape[1]:].tolist()
+        return self.generate_tokens(
+            prepared.input_ids, policy, max_new_tokens, images=prepared.images,
+            images_seq_mask=prepared.images_seq_mask, images_spatial_crop=prepared.images_spatial_crop,
+            attention_mask=torch.ones_like(prepared.input_ids),
+        )

@@ -78,13 +78,5 @@ class DeepseekOCR2Adapter(DecodeSteps):
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the processor's inputs: the reference path for parity."""
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=prepared.input_ids,
-                attention_mask=prepared.attention_mask,
-                **prepared.model_kwargs(),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=policy.eos_token_id,
-                **policy.generate_kwargs(),
-            )
-        return out[0, prepared.input_ids.shape[1]:].tolist()
+        return self.generate_tokens(prepared.input_ids, policy, max_new_tokens,
+                                    attention_mask=prepared.attention_mask, **prepared.model_kwargs())
