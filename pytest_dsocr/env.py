@@ -13,17 +13,13 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA device when one is visible, else the CPU."""
+    """``auto`` is the first CUDA device when one is visible, else the CPU; other names as
+    :func:`pytest_dsocr.models.resolve_device` checks them."""
+    from pytest_dsocr.models import resolve_device as checked_device
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on a GPU (the checkpoint's dtype) and float32 on the CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+    return checked_device(name)
 
 
 def device_name(device: torch.device) -> str:

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from pytest_dsocr.collector import Collector
 from pytest_dsocr.decoding import DecodePolicy, parse_max_new_tokens
 from pytest_dsocr.engine import NO_HOOKS, Engine, ProfilingHooks
-from pytest_dsocr.env import resolve_device, resolve_dtype
+from pytest_dsocr.env import resolve_device
+from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.records import ImageRun, Sample, SampleFailure
 
@@ -60,9 +61,7 @@ class DsocrSession:
     def __init__(self, cfg: DictConfig, collector: Collector) -> None:
         self.config = cfg
         self.collector = collector
-        self.device = resolve_device(cfg.model.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DsocrError(f"model.device={cfg.model.device}: CUDA is not available on this machine")
+        self.device = resolve_device(cfg.model.device)  # DsocrError for cuda without CUDA
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         self.max_new_tokens = parse_max_new_tokens(cfg.infer.max_new_tokens)
         self._outputs: dict = {}

@@ -127,3 +127,14 @@ def test_no_box_warning_fires_once_for_box_free_outputs(caplog):
         assert warn_if_no_boxes(["<|ref|>title<|/ref|><|det|>[[1, 2, 30, 40]]<|/det|>\nHello"]) is False
         assert warn_if_no_boxes([]) is False
     assert caplog.text.count("vendor_parity") == 1
+
+
+def test_cuda_device_without_cuda_is_a_clear_error():
+    from pytest_dsocr.env import resolve_device
+    from pytest_dsocr.errors import DsocrError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DsocrError, match="model.device='cuda'.*CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"

@@ -12,7 +12,8 @@ import torch
 from pytest_dsocr.config import load_config
 from pytest_dsocr.data.pages import bundled_pages
 from pytest_dsocr.decoding import DecodePolicy
-from pytest_dsocr.env import resolve_device, resolve_dtype
+from pytest_dsocr.env import resolve_device
+from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.records import Sample
 from pytest_dsocr.session import build_adapter
 
