@@ -11,7 +11,8 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,21 +23,29 @@ from pytest_dsocr.errors import DsocrError
 FILE_MODE = 0o666  # before the umask, as open() uses
 
 
-def _atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+@contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces ``path`` only when the block ends without error
+    (for files written in a stream, e.g. a large gzipped trace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def _atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    with atomic_open(path) as handle:
+        write(handle)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -78,6 +87,11 @@ def to_json_text(data: Any, indent: int | None = 2) -> str:
 def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int | None = 2) -> Path:
     """Replace ``path`` with ``data`` as strict JSON atomically (the old file stays if encoding fails)."""
     return atomic_write_text(path, to_json_text(data, indent) + "\n")
+
+
+def atomic_save_figure(path: str | os.PathLike[str], figure, **params: Any) -> Path:
+    """Replace ``path`` with a matplotlib figure atomically (format from the extension)."""
+    return _atomic(path, lambda handle: figure.savefig(handle, format=Path(path).suffix.lstrip("."), **params))
 
 
 def atomic_save_image(path: str | os.PathLike[str], image: Image.Image, format: str | None = None,

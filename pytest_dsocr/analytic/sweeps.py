@@ -30,7 +30,7 @@ from pytest_dsocr.analytic.workload import (
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import Hardware
 from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
-from pytest_dsocr.atomic import atomic_write_text
+from pytest_dsocr.atomic import atomic_save_figure, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def write_sweeps(results: dict[str, Columns], out_dir: Path, plots: bool = True)
         PLOTTERS[name](ax, cols)
         fig.suptitle(f"DeepSeek-OCR analytic sweep: {name}")
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        atomic_save_figure(path, fig, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths, notes

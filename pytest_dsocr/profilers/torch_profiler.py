@@ -22,7 +22,6 @@ import gc
 import gzip
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -37,7 +36,7 @@ from pytest_dsocr.profilers.config import TorchProfilerConfig
 from pytest_dsocr.profilers.overhead import BASELINE_DIRECT, BASELINE_OWN, profiler_overhead
 from pytest_dsocr.profilers.tables import OperatorTable
 from pytest_dsocr.records import ImageRun, Sample
-from pytest_dsocr.atomic import atomic_write_json, atomic_write_text
+from pytest_dsocr.atomic import atomic_open, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +154,12 @@ def merge_chrome_traces(paths: list[Path], destination: Path) -> Path:
 
     Kineto's timestamps of one process share one clock, so the events of successive profiles
     simply follow each other; repeated metadata events (process and thread names) are kept
-    once. Written to a temporary file beside ``destination``, then renamed into place.
+    once. Written atomically (a temporary file beside ``destination``, renamed into place).
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     header: dict | None = None
     seen_meta: set[str] = set()
-    try:
-        with gzip.open(temp, "wt", encoding="utf-8") as out:
+    with atomic_open(destination) as raw:
+        with gzip.open(raw, "wt", encoding="utf-8") as out:
             out.write('{"traceEvents": [')
             first = True
             for path in paths:
@@ -182,9 +179,6 @@ def merge_chrome_traces(paths: list[Path], destination: Path) -> Path:
             for key, value in (header or {}).items():
                 out.write(f",{json.dumps(key)}:{json.dumps(value)}")
             out.write("}")
-        os.replace(temp, destination)
-    finally:
-        temp.unlink(missing_ok=True)
     return destination
 
 
