@@ -28,6 +28,8 @@ import logging
 import torch
 from transformers import DynamicCache, StaticCache
 
+from pytest_dsocr.compat import cache_kwargs
+
 log = logging.getLogger(__name__)
 
 CACHE_BUCKET = 1024  # static cache lengths are rounded up to this, so a few graphs serve all pages
@@ -96,7 +98,7 @@ class _Bucket:
 
     def _forward(self, token: torch.Tensor) -> torch.Tensor:
         model = self.owner.model
-        out = model(input_ids=token, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=token, use_cache=True, logits_to_keep=1, **cache_kwargs(self.cache))
         return out.logits[:, -1].float()
 
     def _run(self) -> torch.Tensor:

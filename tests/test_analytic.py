@@ -8,6 +8,7 @@ import pytest
 from pytest_dsocr.analytic import ops
 from pytest_dsocr.analytic.model import STAGES, DeepseekOCRCostModel
 from pytest_dsocr.analytic.workload import Workload, workload_for_grid, workload_for_grids
+from pytest_dsocr.compat import router_weight_bytes
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models.deepseek_ocr.spec import FULL, TINY
 
@@ -85,9 +86,10 @@ def test_sam_windows_pad_to_whole_windows():
 
 def test_moe_reads_only_touched_experts():
     # tiny decoder: H=128, expert width 64, 8 experts, 2 per token, 2 shared.
-    # router 8*128 * 2 B = 2048; one expert 3*128*64 = 24576 params; shared MLP 3*128*128.
+    # router 8*128 weights (in float32 where transformers keeps them so; test_compat checks
+    # which); one expert 3*128*64 = 24576 params; shared MLP 3*128*128; bf16 (2 B).
     decoder = DeepseekOCRCostModel(TINY).decoder
-    router, expert, shared = 8 * 128 * 2, 3 * 128 * 64 * 2, 3 * 128 * 128 * 2
+    router, expert, shared = 8 * 128 * router_weight_bytes(2), 3 * 128 * 64 * 2, 3 * 128 * 128 * 2
     assert decoder._moe(1, 2).weight_bytes == router + 2 * expert + shared  # 1 token: 2 experts
     assert decoder._moe(3, 2).weight_bytes == router + 6 * expert + shared  # 3 tokens: up to 6
     assert decoder._moe(10, 2).weight_bytes == router + 8 * expert + shared  # capped at all 8

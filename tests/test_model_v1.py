@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pytest_dsocr.compat import cache_kwargs, output_cache
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models import build_model
 from pytest_dsocr.models.deepseek_ocr.modeling import (
@@ -260,11 +261,11 @@ def test_prefill_then_decode_matches_a_full_forward(tiny):
     prefill = tiny(input_ids=ids[:, :-1], images=images, images_seq_mask=mask[:, :-1],
                    images_spatial_crop=grid, use_cache=True, logits_to_keep=1)
     assert prefill.logits.shape == (1, 1, TINY.text.vocab_size)
-    cache = prefill.past_key_values
+    cache = output_cache(prefill)
     assert cache.get_seq_length() == ids.shape[1] - 1
     # Images passed again on a decode step are ignored: the cache is not empty.
     step = tiny(input_ids=ids[:, -1:], images=images, images_seq_mask=mask[:, -1:],
-                images_spatial_crop=grid, past_key_values=cache, use_cache=True)
+                images_spatial_crop=grid, use_cache=True, **cache_kwargs(cache))
     torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(prefill.logits[:, -1], full.logits[:, -2], atol=1e-4, rtol=1e-4)
     assert torch.isfinite(full.logits).all() and 0.01 < full.logits.std() < 10
@@ -303,7 +304,7 @@ def test_generate_greedy_returns_max_new_tokens_with_eos_suppressed(tiny):
     # The same tokens as a hand-written greedy loop over prefill + cached decode steps.
     tokens, seen = [], ids
     logits = tiny(input_ids=ids, images=images, images_seq_mask=mask, images_spatial_crop=grid, use_cache=True)
-    cache = logits.past_key_values
+    cache = output_cache(logits)
     logits = logits.logits[:, -1].float()
     for _ in range(max_new_tokens):
         logits[:, TINY.eos_token_id] = -math.inf
@@ -312,7 +313,7 @@ def test_generate_greedy_returns_max_new_tokens_with_eos_suppressed(tiny):
         token = logits.argmax(-1, keepdim=True)
         tokens.append(int(token))
         seen = torch.cat([seen, token], dim=1)
-        step = tiny(input_ids=token, past_key_values=cache, use_cache=True)
+        step = tiny(input_ids=token, use_cache=True, **cache_kwargs(cache))
         logits = step.logits[:, -1].float()
     assert out[0, ids.shape[1]:].tolist() == tokens
 

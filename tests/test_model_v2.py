@@ -102,11 +102,6 @@ def test_tiny_is_seeded_and_finite(tiny):
     assert isinstance(tiny, DeepseekOcr2ForConditionalGeneration) and not tiny.training
 
 
-def test_bf16_build():
-    model = build_model("deepseek_ocr2", "tiny", dtype="bfloat16")
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-
-
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("v2ckpt")

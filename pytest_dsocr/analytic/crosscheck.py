@@ -83,6 +83,8 @@ def count_stage_flops(model, wl: Workload, param, count_view: Callable[..., dict
     """
     import torch
 
+    from pytest_dsocr.compat import cache_kwargs, output_cache
+
     inner = model.model
     device, dtype = param.device, param.dtype
     batch = int(wl.batch)
@@ -102,9 +104,9 @@ def count_stage_flops(model, wl: Workload, param, count_view: Callable[..., dict
     tokens = int(wl.prefill_tokens)
 
     def step(embeds, cache):
-        out = text(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        out = text(inputs_embeds=embeds, use_cache=True, **cache_kwargs(cache))
         model.lm_head(out.last_hidden_state[:, -1:])
-        return out.past_key_values
+        return output_cache(out)
 
     counts["prefill"], cache = count_flops(step, randn(batch, tokens, hidden), None)
     counts["decode_step"], _ = count_flops(step, randn(batch, 1, hidden), cache)

@@ -18,6 +18,7 @@ import numpy as np
 
 from pytest_dsocr.analytic import ops
 from pytest_dsocr.analytic.ops import Cost, Number
+from pytest_dsocr.compat import router_weight_bytes
 from pytest_dsocr.models.deepseek_ocr.spec import (
     ClipSpec,
     DeepseekOCRSpec,
@@ -230,7 +231,8 @@ class DecoderCost:
             activation_bytes=pairs * (6 * h + 6 * im) * nbytes,
         )
         return ops.total((
-            ops.linear(tokens, h, e, False, nbytes),  # router (run in fp32; counted at model dtype)
+            # router: its weights stored as transformers keeps them (float32 in bf16 from 5.24)
+            ops.linear(tokens, h, e, False, nbytes, weight_dtype_bytes=router_weight_bytes(nbytes)),
             ops.elementwise(tokens * e, ops.SOFTMAX_FLOPS + ops.TOPK_FLOPS, 1, 1, nbytes),
             routed,
             self._mlp(tokens, im * s.n_shared_experts, nbytes),  # shared experts

@@ -109,12 +109,18 @@ def total(costs) -> Cost:
     return out
 
 
-def linear(tokens: Number, d_in: int, d_out: int, bias: bool, dtype_bytes: int) -> Cost:
-    """``y = x W^T (+ b)`` over ``tokens`` rows: one ``(tokens, d_in) @ (d_in, d_out)`` matmul."""
+def linear(tokens: Number, d_in: int, d_out: int, bias: bool, dtype_bytes: int,
+           weight_dtype_bytes: int | None = None) -> Cost:
+    """``y = x W^T (+ b)`` over ``tokens`` rows: one ``(tokens, d_in) @ (d_in, d_out)`` matmul.
+
+    ``weight_dtype_bytes``: bytes per stored weight when it differs from the activations'
+    (a router kept in float32 in a bf16 model).
+    """
+    weight_bytes = dtype_bytes if weight_dtype_bytes is None else weight_dtype_bytes
     return Cost(
         matmul_flops=2 * tokens * d_in * d_out,
         other_flops=tokens * d_out if bias else 0,
-        weight_bytes=(d_in * d_out + (d_out if bias else 0)) * dtype_bytes,
+        weight_bytes=(d_in * d_out + (d_out if bias else 0)) * weight_bytes,
         activation_bytes=tokens * (d_in + d_out) * dtype_bytes,
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from pytest_dsocr.compat import cache_kwargs, output_cache
 from pytest_dsocr.data.images import load_image
 
 
@@ -38,8 +39,8 @@ class DecodeSteps:
     def prefill_embeds(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
         """The decoder over the whole prompt; float32 last-position logits, as generate() takes them."""
         cache = DynamicCache()
-        out = self.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float(), out.past_key_values
+        out = self.model(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1, **cache_kwargs(cache))
+        return out.logits[:, -1].float(), output_cache(out)
 
     def decode_context(self):
         """The kernel choices ``generate`` makes for one-token steps, so both decode alike.
@@ -61,7 +62,7 @@ class DecodeSteps:
     def decode_step(self, token: torch.Tensor, cache) -> torch.Tensor:
         if self.static is not None:
             return self.static.step(token)
-        out = self.model(input_ids=token.view(-1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=token.view(-1, 1), use_cache=True, logits_to_keep=1, **cache_kwargs(cache))
         return out.logits[:, -1].float()
 
     def generate_tokens(self, input_ids: torch.Tensor, policy, max_new_tokens: int, **model_inputs) -> list[int]:

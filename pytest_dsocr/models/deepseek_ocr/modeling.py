@@ -47,6 +47,7 @@ try:  # transformers >= 5.x names it PreTrainedConfig; PretrainedConfig stays as
 except ImportError:  # pragma: no cover - older spelling
     from transformers import PretrainedConfig as PreTrainedConfig
 
+from pytest_dsocr.compat import cache_kwargs, output_cache, take_cache
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models.deepseek_ocr.spec import (
     FULL,
@@ -589,15 +590,17 @@ class DeepseekOCRModel(DeepseekOCRPreTrainedModel):
         images_spatial_crop: Any = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
+        """The KV cache comes in ``kwargs`` under the installed transformers' name (``cache``, or
+        ``past_key_values`` before 5.24; see :mod:`pytest_dsocr.compat`)."""
+        cache = take_cache(kwargs)
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
-            prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+            prefill = cache is None or cache.get_seq_length() == 0
             if images is not None and prefill:
                 if images_seq_mask is None:
                     raise DsocrError("images were given without images_seq_mask")
@@ -609,8 +612,8 @@ class DeepseekOCRModel(DeepseekOCRPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **cache_kwargs(cache),
             **kwargs,
         )
 
@@ -647,7 +650,6 @@ class DeepseekOCRForCausalLM(DeepseekOCRPreTrainedModel, GenerationMixin):
         images_spatial_crop: Any = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         cache_position: torch.LongTensor | None = None,
@@ -656,9 +658,11 @@ class DeepseekOCRForCausalLM(DeepseekOCRPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Image embeddings are computed only with ``images`` and an empty cache (prefill).
 
-        ``cache_position`` is accepted for callers that still pass it; the decoder derives
-        positions from the cache length.
+        The KV cache comes in ``kwargs`` under the installed transformers' name (``cache``, or
+        ``past_key_values`` before 5.24). ``cache_position`` is accepted for callers that still
+        pass it; the decoder derives positions from the cache length.
         """
+        cache = take_cache(kwargs)
         outputs = self.model(
             input_ids=input_ids,
             images=images,
@@ -666,9 +670,9 @@ class DeepseekOCRForCausalLM(DeepseekOCRPreTrainedModel, GenerationMixin):
             images_spatial_crop=images_spatial_crop,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **cache_kwargs(cache),
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -679,15 +683,14 @@ class DeepseekOCRForCausalLM(DeepseekOCRPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states)
         return CausalLMOutputWithPast(
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **cache_kwargs(output_cache(outputs)),
         )
 
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        past_key_values: Any = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         images: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -696,10 +699,12 @@ class DeepseekOCRForCausalLM(DeepseekOCRPreTrainedModel, GenerationMixin):
         is_first_iteration: bool | None = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """transformers' preparation, plus the image inputs on the first step only."""
+        """transformers' preparation, plus the image inputs on the first step only.
+
+        ``generate`` passes the cache under its own version's name; it goes on under that name.
+        """
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
-            past_key_values=past_key_values,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration,
