@@ -22,7 +22,7 @@ import functools
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models.deepseek_ocr.prompt import IMAGE_TOKEN
@@ -129,7 +129,11 @@ def load_tokenizer(path: str | None, spec: DeepseekOCRSpec) -> PreTrainedTokeniz
             f"tokenizer folder {path} lacks {', '.join(missing)}; copy the checkpoint's tokenizer files there"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        # The generic fast tokenizer reads tokenizer.json as it is. The checkpoint's config names
+        # LlamaTokenizerFast over a byte-level BPE: transformers 5.17-5.23 would rebuild that as
+        # a Metaspace (sentencepiece-style) tokenizer and encode text wrongly; 5.24 falls back
+        # to the file's own pipeline, as this does on every version.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # broken files surface as OSError, ValueError, KeyError, JSON errors...
         raise DsocrError(
             f"cannot load the tokenizer from {path} ({type(exc).__name__}: {exc}); "
