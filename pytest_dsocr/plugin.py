@@ -18,6 +18,7 @@ log = logging.getLogger("pytest_dsocr")
 PROFILERS = ("none", "torch", "nsys", "ncu")
 
 STATE_KEY = pytest.StashKey["DsocrState"]()
+SESSION_STARTED_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addhooks(pluginmanager) -> None:
@@ -47,6 +48,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("dsocr_max_regression", "largest tolerated slowdown of a stage median", default=None)
 
 
+# Options and ini keys that ask for pytest-dsocr up front (the plugin is otherwise inert).
+OPTION_NAMES = ("set", "config", "run_dir", "profiler", "baseline", "max_regression", "baseline_force")
+INI_NAMES = ("set", "config", "run_dir", "profiler", "baseline", "max_regression")
+# Fixtures that make a test a pytest-dsocr test (besides the stage markers).
+FIXTURES = ("dsocr_sample", "dsocr_config", "dsocr_profiler", "dsocr_run_dir", "dsocr_collector",
+            "dsocr_session", "dsocr_measure")
+
+
 def _option(config: pytest.Config, name: str):
     """Command line first, then the ini key of the same name."""
     value = config.getoption(f"--dsocr-{name.replace('_', '-')}")
@@ -73,7 +82,7 @@ class DsocrState:
 
     def __init__(self, config: pytest.Config) -> None:
         from pytest_dsocr.config import load_config, to_container
-        from pytest_dsocr.xdist import RUN_DIR_KEY, is_controller, worker_id, worker_input
+        from pytest_dsocr.xdist_setup import RUN_DIR_KEY, is_controller, worker_id, worker_input
 
         self.pytest_config = config
         self.worker = worker_id(config)  # "gw0", ... in an xdist worker
@@ -99,6 +108,15 @@ class DsocrState:
         self._sigterm_installed = False
         if self.explicit_run_dir is not None and self.worker is None:
             self.run_dir  # refuse an existing run dir before anything runs
+
+    @property
+    def has_run_dir(self) -> bool:
+        """Whether the run dir exists yet (reading :attr:`run_dir` creates it)."""
+        return self._run_dir is not None
+
+    def adopt_run_dir(self, path: str | Path) -> None:
+        """Use ``path``, made by another process of this run (xdist workers), as the run dir."""
+        self._run_dir = Path(path)
 
     @property
     def run_dir(self) -> Path:
@@ -190,20 +208,33 @@ class DsocrState:
 
 
 def _state(config: pytest.Config) -> DsocrState:
-    return config.stash[STATE_KEY]
+    return activate(config)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    for stage in STAGES:
-        config.addinivalue_line("markers", f"{stage}: pytest-dsocr stage: {STAGE_HELP[stage]}")
-    if hasattr(config, "workerinput"):
-        from pytest_dsocr.xdist import apply_worker_gpu
+def requested(config: pytest.Config) -> bool:
+    """Whether this session asked for pytest-dsocr before collecting anything: a ``--dsocr-*``
+    option or ``dsocr_*`` ini key, a stage marker in ``-m``, or (in an xdist worker) a
+    controller that already made the run."""
+    from pytest_dsocr.xdist_setup import RUN_DIR_KEY, worker_input
 
-        apply_worker_gpu(config)  # before anything here can initialise CUDA
+    if any(config.getoption(f"--dsocr-{name.replace('_', '-')}") not in (None, [], False) for name in OPTION_NAMES):
+        return True
+    if any(config.getini(f"dsocr_{name}") for name in INI_NAMES):
+        return True
+    markexpr = config.option.markexpr or ""
+    return any(stage in markexpr for stage in STAGES) or bool(worker_input(config, RUN_DIR_KEY))
+
+
+def activate(config: pytest.Config) -> DsocrState:
+    """This session's state, made on first need: the config is loaded and validated here.
+
+    Until then the plugin is inert: no config, no run dir, no signal handler, no output.
+    """
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        return state
     try:
         state = DsocrState(config)
-        if any(stage in (config.option.markexpr or "") for stage in STAGES):
-            state.samples  # a bad dataset is a usage error before any model is built
     except DsocrError as exc:
         raise pytest.UsageError(f"pytest-dsocr: {exc}") from None
     config.stash[STATE_KEY] = state
@@ -213,6 +244,40 @@ def pytest_configure(config: pytest.Config) -> None:
 
         state.xdist = XdistController(state)
         config.pluginmanager.register(state.xdist, "dsocr-xdist-controller")
+    elif state.worker is not None:
+        from pytest_dsocr.xdist_setup import share_run_dir
+
+        share_run_dir(config, state)
+    if config.stash.get(SESSION_STARTED_KEY, False):
+        state.install_sigterm()  # activated during collection, after sessionstart
+    return state
+
+
+def is_dsocr_item(item: pytest.Item) -> bool:
+    """A test with a stage marker or a pytest-dsocr fixture."""
+    return (any(item.get_closest_marker(stage) is not None for stage in STAGES)
+            or any(name in FIXTURES for name in getattr(item, "fixturenames", ())))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for stage in STAGES:
+        config.addinivalue_line("markers", f"{stage}: pytest-dsocr stage: {STAGE_HELP[stage]}")
+    if hasattr(config, "workerinput"):
+        from pytest_dsocr.xdist_setup import apply_worker_gpu
+
+        apply_worker_gpu(config)  # before anything here can initialise CUDA
+    elif config.pluginmanager.hasplugin("xdist"):
+        from pytest_dsocr.xdist_setup import LazyXdistController
+
+        config.pluginmanager.register(LazyXdistController(config, activate), "dsocr-xdist-lazy")
+    if not requested(config):
+        return  # inert until a pytest-dsocr test is collected
+    state = activate(config)
+    if any(stage in (config.option.markexpr or "") for stage in STAGES):
+        try:
+            state.samples  # a bad dataset is a usage error before any model is built
+        except DsocrError as exc:
+            raise pytest.UsageError(f"pytest-dsocr: {exc}") from None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -222,6 +287,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[SESSION_STARTED_KEY] = True
     state = session.config.stash.get(STATE_KEY, None)
     if state is not None:
         state.install_sigterm()
@@ -246,6 +312,9 @@ def _stage_rank(item: pytest.Item) -> int:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash.get(STATE_KEY, None) is None and not any(is_dsocr_item(item) for item in items):
+        return  # not a pytest-dsocr session: leave the order and marks alone
+    activate(config)
     items.sort(key=_stage_rank)  # stable: keeps file order within a stage
     if hasattr(config, "workerinput"):
         from pytest_dsocr.xdist import add_group_marks

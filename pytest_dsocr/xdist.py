@@ -15,6 +15,10 @@ The controller (the process the user started) measures nothing. It
   while tests finish (at most every :data:`MERGE_INTERVAL_S`) and once more at the end,
   also when the run is interrupted.
 
+That is the controller that started pytest-dsocr (a dsocr option or a stage in ``-m``).
+Without either, the workers start it when they collect a stage test and share one run dir;
+:mod:`pytest_dsocr.xdist_setup` says how, and what both sides agree on before starting.
+
 Each worker loads its own model, measures with the stage timers (pytest-benchmark switches
 itself off under xdist, so its table is absent and metrics.json never depends on it), and
 rewrites ``<run>/workers/<id>/metrics.json`` after every sample. Stage outputs go to the
@@ -42,7 +46,7 @@ import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -52,6 +56,7 @@ from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.metrics import CORE_KEYS, METRICS_FILE
 from pytest_dsocr.rundir import WORKERS_DIR
 from pytest_dsocr.stages import STAGES
+from pytest_dsocr.xdist_setup import ANY_GPU_DEVICES, GPU_KEY, RUN_DIR_KEY, assign_gpus, visible_gpus
 
 try:
     import fcntl
@@ -60,114 +65,8 @@ except ImportError:  # not POSIX: appends go unlocked
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_KEY = "dsocr_run_dir"  # workerinput: the run directory the controller created
-GPU_KEY = "dsocr_cuda_visible_devices"  # workerinput: the GPU given to the worker, or None
-CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 PER_IMAGE_STAGE = "direct_inference"  # stages whose tests may spread over workers image by image
 MERGE_INTERVAL_S = 5.0  # the controller re-merges worker records at most this often while running
-# Device settings that let a worker use whichever GPU it is given.
-ANY_GPU_DEVICES = ("auto", "cuda")
-WORKER_NUMBER = re.compile(r"(\d+)$")
-
-
-# --- where am I -------------------------------------------------------------------------
-
-
-def worker_id(config: pytest.Config) -> str | None:
-    """``gw0``, ``gw1``, ... in an xdist worker, None elsewhere."""
-    workerinput = getattr(config, "workerinput", None)
-    return None if workerinput is None else str(workerinput.get("workerid"))
-
-
-def is_controller(config: pytest.Config) -> bool:
-    """True in the process that distributes tests to xdist workers (``-n N`` with N >= 1).
-
-    xdist's own test (``dist`` not "no" and some ``--tx``): it registers its distributed
-    session only in its pytest_configure, which may run after ours.
-    """
-    option = config.option
-    return (worker_id(config) is None and config.pluginmanager.hasplugin("xdist")
-            and getattr(option, "dist", "no") != "no" and bool(getattr(option, "tx", None))
-            and not getattr(option, "collectonly", False))
-
-
-def worker_input(config: pytest.Config, key: str) -> Any:
-    return (getattr(config, "workerinput", None) or {}).get(key)
-
-
-# --- GPUs -------------------------------------------------------------------------------
-
-
-def visible_gpus(environ: Mapping[str, str] | None = None,
-                 device_count: Callable[[], int] | None = None) -> list[str]:
-    """The GPUs this process may hand out, as ``CUDA_VISIBLE_DEVICES`` entries.
-
-    The entries of ``CUDA_VISIBLE_DEVICES`` when it is set (indices or UUIDs; empty or "-1"
-    means none), else ``0 .. n-1`` for the n GPUs torch counts (through NVML, without
-    initialising CUDA in this process).
-    """
-    environ = os.environ if environ is None else environ
-    if CUDA_VISIBLE_DEVICES in environ:
-        entries = [e.strip() for e in environ[CUDA_VISIBLE_DEVICES].split(",") if e.strip()]
-        visible = []
-        for entry in entries:
-            if entry.startswith("-"):  # CUDA stops at the first invalid index
-                break
-            visible.append(entry)
-        return visible
-    if device_count is None:
-        import torch
-
-        device_count = torch.cuda.device_count
-    return [str(index) for index in range(device_count())]
-
-
-def gpu_for(worker: str, gpus: Sequence[str]) -> str | None:
-    """Round-robin by worker number: gw0 -> gpus[0], gw1 -> gpus[1], ... (None: do not set)."""
-    if len(gpus) < 2:
-        return None
-    match = WORKER_NUMBER.search(worker)
-    number = int(match.group(1)) if match else 0
-    return gpus[number % len(gpus)]
-
-
-def assign_gpus(specs: Sequence[Any], gpus: Sequence[str], device: str) -> dict[str, str]:
-    """Put one GPU into each execnet spec's environment; returns {worker id: GPU}.
-
-    Left alone: fewer than two GPUs, a fixed ``model.device`` (cpu, cuda:N), and specs whose
-    environment already sets ``CUDA_VISIBLE_DEVICES`` (``--tx popen//env:...``).
-    """
-    if device not in ANY_GPU_DEVICES:
-        return {}
-    assigned = {}
-    for index, spec in enumerate(specs):
-        worker = str(getattr(spec, "id", None) or f"gw{index}")
-        if CUDA_VISIBLE_DEVICES in spec.env:
-            continue
-        gpu = gpu_for(worker, gpus)
-        if gpu is None:
-            continue
-        spec.env[CUDA_VISIBLE_DEVICES] = gpu
-        assigned[worker] = gpu
-    return assigned
-
-
-def apply_worker_gpu(config: pytest.Config) -> None:
-    """In a worker: make sure the GPU the controller chose is the one CUDA will see.
-
-    execnet has already set it before this process imported anything; this only repairs a
-    worker started some other way, and warns when CUDA was initialised too early for it.
-    """
-    gpu = worker_input(config, GPU_KEY)
-    if gpu is None or os.environ.get(CUDA_VISIBLE_DEVICES) == gpu:
-        return
-    os.environ[CUDA_VISIBLE_DEVICES] = gpu
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        log.warning("worker %s: CUDA was initialised before CUDA_VISIBLE_DEVICES=%s could be set; "
-                    "it may share a GPU with another worker", worker_id(config), gpu)
 
 
 # --- test grouping --------------------------------------------------------------------------
@@ -418,7 +317,7 @@ class XdistController:
         finish_run(self.state, session, exitstatus)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "teardown" or self.state._run_dir is None:
+        if report.when != "teardown" or not self.state.has_run_dir:
             return
         now = time.monotonic()
         if self._last_merge is not None and now - self._last_merge < MERGE_INTERVAL_S:
@@ -429,7 +328,7 @@ class XdistController:
 
     def merge(self) -> bool:
         """Read every worker's partial records into the controller's collector; True if any."""
-        if self.state._run_dir is None:
+        if not self.state.has_run_dir:
             return False
         self.parts = read_worker_parts(self.state.run_dir)
         if not self.parts:

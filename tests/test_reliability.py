@@ -171,7 +171,7 @@ def test_sigterm_handler_is_installed_for_the_session_and_restored(pytester):
     pytester.makepyfile(f"""
         import signal
 
-        def test_handler():
+        def test_handler(dsocr_config):  # a pytest-dsocr test: the plugin is on
             handler = signal.getsignal(signal.SIGTERM)
             assert getattr(handler, "dsocr_handler", False), handler
             assert id(handler) != {id(before)}

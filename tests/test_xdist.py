@@ -14,15 +14,13 @@ from pytest_dsocr.rundir import new_worker_dir
 from pytest_dsocr.xdist import (
     LockedPredictionWriter,
     XdistController,
-    assign_gpus,
-    gpu_for,
     group_for,
     merge_parts,
     read_worker_parts,
     run_from_json,
-    visible_gpus,
     workers_reason,
 )
+from pytest_dsocr.xdist_setup import assign_gpus, claim_gpu, gpu_for, visible_gpus
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -69,6 +67,29 @@ def test_a_worker_spec_with_its_own_gpu_is_left_alone():
     specs = [spec("gw0", CUDA_VISIBLE_DEVICES="3"), spec("gw1")]
     assert assign_gpus(specs, ["0", "1"], "cuda") == {"gw1": "1"}
     assert specs[0].env == {"CUDA_VISIBLE_DEVICES": "3"}
+
+
+def worker_config(worker: str, **workerinput):
+    return SimpleNamespace(workerinput={"workerid": worker, **workerinput})
+
+
+def test_a_worker_that_starts_on_its_own_claims_a_gpu_round_robin():
+    environ = {"CUDA_VISIBLE_DEVICES": "4,7"}
+    assert claim_gpu(worker_config("gw3"), "auto", environ) == "7" and environ["CUDA_VISIBLE_DEVICES"] == "7"
+    environ = {}
+    assert claim_gpu(worker_config("gw2"), "cuda", environ, device_count=lambda: 2) == "0"
+    assert environ == {"CUDA_VISIBLE_DEVICES": "0"}
+
+
+@pytest.mark.parametrize("workerinput, device, gpus", [
+    ({"dsocr_cuda_visible_devices": "1"}, "auto", "0,1"),  # the controller chose already
+    ({}, "cpu", "0,1"),  # a fixed device
+    ({}, "auto", "3"),  # one GPU: nothing to share out
+])
+def test_a_worker_leaves_its_gpu_alone(workerinput, device, gpus):
+    environ = {"CUDA_VISIBLE_DEVICES": gpus}
+    assert claim_gpu(worker_config("gw1", **workerinput), device, environ) is None
+    assert environ == {"CUDA_VISIBLE_DEVICES": gpus}
 
 
 # --- test groups for --dist loadgroup ------------------------------------------------------------
@@ -162,7 +183,7 @@ def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
 
     collector = Collector(lambda: tmp_path, {"infer": {"rounds": 1}}, lambda: {"argv": ["pytest"]}, dict, {})
     options = SimpleNamespace(option=SimpleNamespace(dist="loadgroup"))
-    state = SimpleNamespace(run_dir=tmp_path, _run_dir=tmp_path, pytest_config=options, collector=collector)
+    state = SimpleNamespace(run_dir=tmp_path, has_run_dir=True, pytest_config=options, collector=collector)
     controller = XdistController(state)
     controller.gpus = {"gw0": "0", "gw1": "1"}
     assert controller.merge()
