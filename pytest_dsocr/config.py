@@ -23,6 +23,7 @@ from pytest_dsocr.analytic.config import StaticAnalysisConfig, SweepConfig
 from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.families import FAMILY_NAMES
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).parent / "conf"
 MAIN_CONFIG = "config.yaml"
 
-FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
 SIZES = ("tiny", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODE_BACKENDS = ("eager", "static")
@@ -254,7 +254,7 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the type system cannot express; each error names its key."""
     model, infer = cfg.model, cfg.infer
-    _check_choice("model.family", model.family, FAMILIES)
+    _check_choice("model.family", model.family, FAMILY_NAMES)
     _check_choice("model.size", model.size, SIZES)
     _check_choice("model.dtype", model.dtype, DTYPES)
     _check_choice("infer.decode_backend", infer.decode_backend, DECODE_BACKENDS)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.stages import STAGE_HELP, STAGES
+from pytest_dsocr.stages import BENCHMARK_STAGES, STAGE_HELP
 
 log = logging.getLogger("pytest_dsocr")
 
@@ -222,7 +222,7 @@ def requested(config: pytest.Config) -> bool:
     if any(config.getini(f"dsocr_{name}") for name in INI_NAMES):
         return True
     markexpr = config.option.markexpr or ""
-    return any(stage in markexpr for stage in STAGES) or bool(worker_input(config, RUN_DIR_KEY))
+    return any(stage in markexpr for stage in BENCHMARK_STAGES) or bool(worker_input(config, RUN_DIR_KEY))
 
 
 def activate(config: pytest.Config) -> DsocrState:
@@ -255,12 +255,12 @@ def activate(config: pytest.Config) -> DsocrState:
 
 def is_dsocr_item(item: pytest.Item) -> bool:
     """A test with a stage marker or a pytest-dsocr fixture."""
-    return (any(item.get_closest_marker(stage) is not None for stage in STAGES)
+    return (any(item.get_closest_marker(stage) is not None for stage in BENCHMARK_STAGES)
             or any(name in FIXTURES for name in getattr(item, "fixturenames", ())))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for stage in STAGES:
+    for stage in BENCHMARK_STAGES:
         config.addinivalue_line("markers", f"{stage}: pytest-dsocr stage: {STAGE_HELP[stage]}")
     if hasattr(config, "workerinput"):
         from pytest_dsocr.xdist_setup import apply_worker_gpu
@@ -273,7 +273,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not requested(config):
         return  # inert until a pytest-dsocr test is collected
     state = activate(config)
-    if any(stage in (config.option.markexpr or "") for stage in STAGES):
+    if any(stage in (config.option.markexpr or "") for stage in BENCHMARK_STAGES):
         try:
             state.samples  # a bad dataset is a usage error before any model is built
         except DsocrError as exc:
@@ -304,7 +304,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _stage_rank(item: pytest.Item) -> int:
-    for index, stage in enumerate(STAGES):
+    for index, stage in enumerate(BENCHMARK_STAGES):
         if item.get_closest_marker(stage) is not None:
             return index
     return -1  # plain tests first

@@ -23,6 +23,7 @@ from pytest_dsocr.engine import NO_HOOKS, Engine, ProfilingHooks
 from pytest_dsocr.env import resolve_device
 from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.families import family
 from pytest_dsocr.records import ImageRun, Sample, SampleFailure
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,10 @@ class SampleFailed(Exception):
 
 
 def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
-    """The engine adapter of ``model.family``."""
-    if cfg.model.family == "deepseek_ocr":
-        from pytest_dsocr.models.deepseek_ocr.adapter import DeepseekOCRAdapter
-
-        return DeepseekOCRAdapter(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
-    if cfg.model.family == "deepseek_ocr2":
-        from pytest_dsocr.models.deepseek_ocr2.adapter import DeepseekOCR2Adapter
-
-        return DeepseekOCR2Adapter(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
-    raise DsocrError(f"model.family={cfg.model.family!r}: not supported (supported: deepseek_ocr, deepseek_ocr2)")
+    """The engine adapter of ``model.family`` (named by its registry entry)."""
+    entry = family(cfg.model.family)
+    entry.check_size(cfg.model.size)
+    return entry.load("adapter")(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
 
 
 def describe_error(exc: BaseException) -> str:

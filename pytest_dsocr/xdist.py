@@ -55,7 +55,7 @@ from pytest_dsocr.outputs.writers import PredictionWriter
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.metrics import CORE_KEYS, METRICS_FILE
 from pytest_dsocr.rundir import WORKERS_DIR
-from pytest_dsocr.stages import STAGES
+from pytest_dsocr.stages import BENCHMARK_STAGES
 from pytest_dsocr.xdist_setup import ANY_GPU_DEVICES, GPU_KEY, RUN_DIR_KEY, assign_gpus, visible_gpus
 
 try:
@@ -74,7 +74,7 @@ MERGE_INTERVAL_S = 5.0  # the controller re-merges worker records at most this o
 
 def group_for(item: pytest.Item) -> str | None:
     """The ``xdist_group`` of a stage test (see the module docstring); None: no group."""
-    for stage in STAGES:
+    for stage in BENCHMARK_STAGES:
         if item.get_closest_marker(stage) is None:
             continue
         if stage == PER_IMAGE_STAGE:

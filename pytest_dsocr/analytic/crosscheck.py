@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_dsocr.analytic.family import crosscheck_stages
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.workload import Workload
 
-CROSSCHECK_STAGES = ("sam", "clip", "projector", "prefill", "decode_step")
+CROSSCHECK_STAGES = crosscheck_stages("deepseek_ocr")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ additive). Every statistic below is a :class:`~pytest_dsocr.report.stats.Stats` 
 ``{count, mean, std, min, p50, p90, p95, p99, max, ci_low, ci_high, ci_level, unit, values}``.
 
 ``aggregates`` (records of one benchmark stage, named by ``aggregates_stage``:
-direct_inference when it ran, else the first stage in :data:`STAGE_ORDER` that did, so that
+direct_inference when it ran, else the first stage in BENCHMARK_STAGES order that did, so that
 profiler overhead never leaks into the headline numbers):
 
 - ``prefill_ms``, ``decode_ms``: per-run stage times.
@@ -50,17 +50,18 @@ from typing import Any
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.atomic import atomic_write_json
 from pytest_dsocr.report.stats import Stats
-from pytest_dsocr.stages import STAGES
+from pytest_dsocr.stages import (
+    BENCHMARK_STAGES,
+    DECODE,
+    LATENCY_METRICS,
+    PREFILL,
+    PRIMARY_STAGE,
+    VISION,
+    benchmark_stage_rank,
+)
 
 SCHEMA_VERSION = 2
 METRICS_FILE = "metrics.json"
-PRIMARY_STAGE = "direct_inference"
-STAGE_ORDER = STAGES  # benchmark stages in the order the suite runs them
-# Timed stages every record carries, as ImageRun fields "<name>_ms". Sub-stages come from
-# ImageRun.substage_ms and nest inside vision, which nests inside prefill.
-PREFILL, VISION, DECODE = "prefill", "vision", "decode"
-# Per-sample quantities besides the stage times, in the order reports list them.
-LATENCY_METRICS = ("ttft", "tpot", "e2e")
 MS_PER_S = 1000.0
 
 CORE_KEYS = frozenset(
@@ -103,7 +104,7 @@ def lookup(mapping: Any, path: Sequence[str]) -> Any:
 def primary_stage(stages: Iterable[str]) -> str | None:
     """The benchmark stage whose records make the top-level aggregates (see module doc)."""
     present = list(dict.fromkeys(stages))
-    for stage in STAGE_ORDER:
+    for stage in BENCHMARK_STAGES:
         if stage in present:
             return stage
     return present[0] if present else None
@@ -163,7 +164,7 @@ def build_metrics(
     if len(stages) > 1:
         metrics["by_stage"] = {
             stage: aggregate([s for s in samples if s["stage"] == stage], substages)
-            for stage in sorted(stages, key=_stage_rank)
+            for stage in sorted(stages, key=benchmark_stage_rank)
         }
     workers = list(dict.fromkeys(s["worker"] for s in main_samples))
     if len(workers) > 1:
@@ -337,6 +338,3 @@ def _error_rate(samples: Sequence[Mapping[str, Any]], failures: Sequence[SampleF
     attempts = failed | {(s["stage"], s["epoch"], s["sample_id"]) for s in samples}
     return len(failed) / len(attempts) if attempts else None
 
-
-def _stage_rank(stage: str) -> tuple[int, str]:
-    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
