@@ -27,6 +27,7 @@ from pytest_dsocr.models.deepseek_ocr2.processing import (
     image_token_count,
 )
 from pytest_dsocr.models.deepseek_ocr2.spec import FULL, TINY
+from pytest_dsocr.records import ImageRun
 
 VIEWS = ViewSettings.from_model_config(1024, 768, True, 6)
 TOLERANCE = 0.01
@@ -144,10 +145,11 @@ def test_efficiency_judges_the_encoder_of_gpu_runs(tiny_cost):
     from pytest_dsocr.analytic import efficiency as eff
     from pytest_dsocr.hardware import select_hardware
 
-    sample = {"crop_grid": [2, 3], "image_tokens": 1121, "prefill_len": 1133, "tokens": 9, "device": "cuda:0",
-              "prefill_ms": 40.0, "vision_ms": 30.0, "decode_ms": 80.0,
-              "substage_ms": {"sam": 20.0, "encoder": 8.0, "projector": 1.0}}
-    runs = [eff.Measured.from_sample(sample)]
+    sample = ImageRun(sample_id="p", image_path="/p.png", epoch=0, round=0, stage="direct_inference",
+                      preprocess_ms=1.0, prefill_ms=40.0, decode_ms=80.0, vision_ms=30.0, ttft_ms=41.0, tokens=9,
+                      prefill_len=1133, image_tokens=1121, crop_grid=(2, 3), device="cuda:0",
+                      substage_ms={"sam": 20.0, "encoder": 8.0, "projector": 1.0})
+    runs = [eff.Measured.from_run(sample)]
     section = eff.efficiency(tiny_cost, runs, select_hardware("h100_sxm"), "bfloat16", 1024, 768, 2, "flash")
     assert list(section["stages"]) == ["sam", "encoder", "projector", "vision", "prefill", "decode"]
     wl = workload_for_grid(TINY, VIEWS.base_size, VIEWS.tile_size, (2, 3), text_tokens=12, decode_steps=8, dtype_bytes=2)

@@ -8,7 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
-from report_factory import make_metrics, noisy_runs
+from report_factory import make_metrics, noisy_runs, typed
 
 import pytest_dsocr.__main__ as cli
 from pytest_dsocr.report.metrics import write_metrics
@@ -18,7 +18,7 @@ TABLE_HEADER = "| Stage | Baseline (ms) | Current (ms) | Ratio [CI] | Verdict |"
 
 
 def save(path: Path, factor: float = 1.0, seed: int = 0, **kwargs) -> Path:
-    write_metrics(path, make_metrics(noisy_runs(20, factor=factor, seed=seed), **kwargs))
+    write_metrics(path, typed(make_metrics(noisy_runs(20, factor=factor, seed=seed), **kwargs)))
     return path
 
 

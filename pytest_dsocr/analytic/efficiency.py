@@ -55,21 +55,15 @@ class Measured:
     device: str
 
     @classmethod
-    def from_sample(cls, sample: Mapping[str, Any]) -> "Measured":
-        """From ``ImageRun.to_json()`` (the per-sample entries of metrics.json)."""
-        substages = sample.get("substage_ms") or {}
-        prefill, vision = sample.get("prefill_ms"), sample.get("vision_ms")
-        times = {
-            **substages, "vision": vision,
-            "prefill": prefill - vision if prefill is not None and vision is not None else None,
-            "decode": sample.get("decode_ms"),
-        }
-        return cls(tuple(sample["crop_grid"]), int(sample["image_tokens"]), int(sample["prefill_len"]),
-                   int(sample["tokens"]), times, str(sample.get("device", "cpu")))
-
-    @classmethod
     def from_run(cls, run) -> "Measured":
-        return cls.from_sample(run.to_json())
+        """From an :class:`~pytest_dsocr.records.ImageRun` (a session's record or metrics.json's)."""
+        times = {
+            **run.substage_ms, "vision": run.vision_ms,
+            "prefill": run.prefill_ms - run.vision_ms,
+            "decode": run.decode_ms,
+        }
+        return cls(tuple(run.crop_grid), int(run.image_tokens), int(run.prefill_len), int(run.tokens), times,
+                   str(run.device))
 
 
 def measured_workload(runs: list[Measured], base_size: int, image_size: int, dtype_bytes: int,

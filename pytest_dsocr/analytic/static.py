@@ -30,7 +30,7 @@ from pytest_dsocr.analytic.workload import (
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import DTYPE_KEYS, HardwareChoice, select_hardware
 from pytest_dsocr.models import build_model
-from pytest_dsocr.report.metrics import primary_samples
+from pytest_dsocr.report.metrics import read_metrics
 from pytest_dsocr.atomic import atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,8 @@ def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured],
     direct_inference records. Also returns the metrics file's ``env`` (None for the session)."""
     path = cfg.static_analysis.metrics
     if path:
-        file = Path(path)
-        try:
-            metrics = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DsocrError(f"static_analysis.metrics={path!r}: cannot read a metrics.json there ({exc})") from None
-        try:
-            runs = [eff.Measured.from_sample(s) for s in primary_samples(metrics)]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DsocrError(f"static_analysis.metrics={path!r}: a sample lacks {exc}") from None
-        return runs, dict(metrics.get("env") or {})
+        metrics = read_metrics(path, option="static_analysis.metrics")
+        return [eff.Measured.from_run(run) for run in metrics.primary_samples()], dict(metrics.env)
     return [eff.Measured.from_run(r) for r in records if r.stage == eff.MEASURED_RUN_STAGE], None
 
 

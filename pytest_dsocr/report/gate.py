@@ -33,16 +33,10 @@ import numpy as np
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.atomic import atomic_write_text
 from pytest_dsocr.report.markdown import RATIO_DIGITS, fmt, table
-from pytest_dsocr.report.metrics import (
-    DECODE,
-    LATENCY_METRICS,
-    METRICS_FILE,
-    PREFILL,
-    VISION,
-    lookup,
-    primary_samples,
-    sample_metrics,
-)
+from pytest_dsocr.records import ImageRun
+from pytest_dsocr.report.metrics import METRICS_FILE, sample_metrics
+from pytest_dsocr.report.model import RunMetrics
+from pytest_dsocr.stages import DECODE, LATENCY_METRICS, PREFILL, VISION
 from pytest_dsocr.report.ranktests import mann_whitney_u, wilcoxon_signed_rank
 from pytest_dsocr.report.stats import percentile_interval, resample_statistic
 
@@ -234,7 +228,7 @@ def compatibility_mismatches(baseline: Mapping[str, Any], current: Mapping[str, 
     """"name (baseline vs current)" for each model/config/device key that differs."""
     found = []
     for path, name in COMPATIBILITY_KEYS:
-        before, after = lookup(baseline, path), lookup(current, path)
+        before, after = _lookup(baseline, path), _lookup(current, path)
         if name == "device":
             before, after = _device_type(before), _device_type(after)
         if before is not None and after is not None and before != after:
@@ -288,7 +282,7 @@ def compare_runs(
 
 
 def run_gate(
-    metrics: dict,
+    metrics: RunMetrics | dict,
     baseline: str | os.PathLike[str] | dict,
     max_regression: str | float = DEFAULT_THRESHOLD,
     *,
@@ -300,7 +294,7 @@ def run_gate(
     ``<run_dir>/regression.md``. Bad input raises DsocrError naming the option."""
     base = baseline if isinstance(baseline, Mapping) else load_baseline(baseline)
     result = compare_runs(
-        base, metrics, threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
+        base, as_metrics_json(metrics), threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
         force=force,
     )
     if run_dir is not None:
@@ -413,10 +407,10 @@ def _values_by_page(metrics: Mapping[str, Any]) -> dict[str, dict[str | None, li
     to the raw Stats values of each stage under the key None, which never pairs.
     """
     grouped: dict[str, dict[str | None, list[float]]] = {}
-    samples = primary_samples(metrics)
+    samples = _primary_samples(metrics)
     for sample in samples:
         key = f"{sample['sample_id']}#{sample.get('prefill_len')}"
-        for stage, value in sample_metrics(sample).items():
+        for stage, value in sample_metrics(ImageRun.from_json(sample)).items():
             grouped.setdefault(stage, {}).setdefault(key, []).append(value)
     if not samples:
         aggregates = metrics.get("aggregates") or {}
@@ -452,3 +446,24 @@ def _safe_ratio(current: float | None, baseline: float | None) -> float | None:
 
 def _device_type(device: Any) -> Any:
     return str(device).split(":")[0] if device is not None else None
+
+
+def _lookup(mapping: Any, path: tuple[str, ...]) -> Any:
+    """``mapping[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _primary_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-sample records of a metrics dict that its top-level aggregates are made of."""
+    samples = list(metrics.get("samples") or [])
+    stage = metrics.get("aggregates_stage")
+    return [s for s in samples if s.get("stage", stage) == stage]
+
+
+def as_metrics_json(metrics: RunMetrics | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The json form the gate reads (a RunMetrics is converted)."""
+    return metrics.to_json() if isinstance(metrics, RunMetrics) else metrics
