@@ -28,8 +28,10 @@ from pytest_dsocr.recordlog import END, FAILURE, RECORDS_FILE, RUN, SECTION, SES
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.metrics import INTERIM_SAMPLES, build_metrics, now_utc, write_metrics
 from pytest_dsocr.report.model import Counts, RunMetrics, primary_stage
+from pytest_dsocr.report.plots import write_plots
 from pytest_dsocr.report.running import RunningAggregates
 from pytest_dsocr.report.summary import render_report, render_stakeholder_summary
+from pytest_dsocr.rundir import new_worker_dir
 from pytest_dsocr.stages import StageTree, vision_parts_in
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,6 @@ class Collector:
         if self.worker is None:
             return self.run_dir
         if self._worker_dir is None:
-            from pytest_dsocr.rundir import new_worker_dir
-
             self._worker_dir = new_worker_dir(self.run_dir, self.worker)
         return self._worker_dir
 
@@ -249,8 +249,6 @@ class Collector:
         if self.worker is not None:
             write_metrics(self.metrics_dir, metrics, hooks=self.json_hooks)
             return metrics
-        from pytest_dsocr.report.plots import write_plots
-
         run_dir = self.run_dir
         metrics = metrics.with_sections(plots=write_plots(metrics, run_dir))
         write_metrics(run_dir, metrics, hooks=self.json_hooks)

@@ -11,7 +11,7 @@ model is built.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -23,7 +23,8 @@ from pytest_dsocr.analytic.config import StaticAnalysisConfig, SweepConfig
 from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.families import FAMILY_NAMES
+from pytest_dsocr.families import DEFAULT_FAMILY, FAMILY_NAMES
+from pytest_dsocr.hardware import hardware_names
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
@@ -58,7 +59,7 @@ HARDWARE_GROUP = "hardware"
 
 @dataclass
 class ModelConfig:
-    family: str = "deepseek_ocr"  # deepseek_ocr (v1) | deepseek_ocr2 (v2)
+    family: str = DEFAULT_FAMILY  # deepseek_ocr (v1) | deepseek_ocr2 (v2): see pytest_dsocr.families
     size: str = "tiny"  # tiny (small widths, built offline in seconds) | full (published architecture)
     path: Optional[str] = None  # local checkpoint folder (config.json, *.safetensors, tokenizer); None = random init
     base_size: int = 1024  # global view side in pixels
@@ -276,14 +277,12 @@ def validate(cfg: DictConfig) -> None:
     if infer.rounds < 1:
         raise DsocrError(f"infer.rounds={infer.rounds}: must be >= 1")
     validate_sampling_config(cfg.dataset.sampling)
-    for stage in ("direct_inference", "torch_profiler", "vendor_parity"):
+    for stage in (f.name for f in fields(PipelineConfig)):  # the stages that write outputs
         validate_stage_output_config(cfg.pipeline[stage].output, prefix=f"pipeline.{stage}.output")
     validate_profiling_config(cfg.profiling)
     for key in ("static_analysis", "sweep"):
         _check_choice(f"{key}.attention", cfg[key].attention, ATTENTION_MODES)
     if cfg.hardware.name:
-        from pytest_dsocr.hardware import hardware_names
-
         if cfg.hardware.name not in hardware_names():
             raise DsocrError(f"hardware.name={cfg.hardware.name!r}: no table in conf/hardware "
                              f"(known: {', '.join(hardware_names())})")

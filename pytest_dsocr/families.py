@@ -63,6 +63,7 @@ FAMILIES: dict[str, Family] = {
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)
+DEFAULT_FAMILY = FAMILY_NAMES[0]  # DeepSeek-OCR v1: the published model this project profiles first
 # Every family's stages in one tree: what profiler tables and cross-family comparisons order by.
 ALL_STAGES = merge_trees(family.stages for family in FAMILIES.values())
 

@@ -26,6 +26,7 @@ log = logging.getLogger("pytest_dsocr")
 
 STATE_KEY = pytest.StashKey["DsocrState"]()
 SESSION_STARTED_KEY = pytest.StashKey[bool]()
+PROGRESS_PLUGIN = "dsocr-progress"
 
 
 def pytest_addhooks(pluginmanager) -> None:
@@ -101,6 +102,7 @@ def activate(config: pytest.Config) -> DsocrState:
 
         state.xdist = XdistController(state)
         config.pluginmanager.register(state.xdist, "dsocr-xdist-controller")
+        _start_progress(config, None)  # the workers collect: the total is theirs
     elif state.worker is not None:
         from pytest_dsocr.xdist_setup import share_run_dir
 
@@ -181,6 +183,24 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         from pytest_dsocr.xdist import add_group_marks
 
         add_group_marks(config, items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A progress line per finished sample for long runs (not under -q, not in xdist workers,
+    whose controller prints its own)."""
+    config = session.config
+    if config.stash.get(STATE_KEY, None) is None or hasattr(config, "workerinput"):
+        return
+    _start_progress(config, sum(1 for item in session.items if _stage_rank(item) >= 0))
+
+
+def _start_progress(config: pytest.Config, total: int | None) -> None:
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None or config.get_verbosity() < 0 or config.pluginmanager.has_plugin(PROGRESS_PLUGIN):
+        return
+    from pytest_dsocr.progress import ProgressReporter
+
+    config.pluginmanager.register(ProgressReporter(terminal, total), PROGRESS_PLUGIN)
 
 
 # -- fixtures ---------------------------------------------------------------------------------

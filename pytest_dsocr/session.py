@@ -24,7 +24,10 @@ from pytest_dsocr.env import resolve_device
 from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import family
+from pytest_dsocr.outputs.writers import StageOutputs
+from pytest_dsocr.parity import ENGAGED_MESSAGE
 from pytest_dsocr.records import ImageRun, Sample, SampleFailure
+from pytest_dsocr.xdist import LockedPredictionWriter
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +80,19 @@ class DsocrSession:
 
     @cached_property
     def engine(self) -> Engine:
-        from pytest_dsocr.parity import ENGAGED_MESSAGE
-
         log.info(ENGAGED_MESSAGE)
         return Engine(self.adapter, self.policy, self.max_new_tokens)
 
     def outputs(self, stage: str):
         """Prediction/visualization writers of ``pipeline.<stage>.output`` under <run>/<stage>/."""
         if stage not in self._outputs:
-            from pytest_dsocr.outputs.writers import StageOutputs
-
             stage_cfg = self.config.pipeline.get(stage)
             output_cfg = stage_cfg.output if stage_cfg is not None else self.config.pipeline.direct_inference.output
             prefix = f"pipeline.{stage if stage_cfg is not None else 'direct_inference'}.output"
             writer = None
             if self.collector.worker is not None:
                 # xdist workers share the stage's predictions.jsonl: append under a file lock
-                from pytest_dsocr.xdist import LockedPredictionWriter as writer
+                writer = LockedPredictionWriter
             self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix,
                                                 prediction_writer=writer)
         return self._outputs[stage]
