@@ -29,6 +29,10 @@ class ImageRun:
     projector for v1) are nested inside ``prefill_ms`` and must never be summed with it.
     ``prefill_ms`` is vision + decoder prefill up to the first token; ``ttft_ms`` adds
     preprocessing. ``decode_ms`` covers tokens 2..n.
+
+    In a batch (``batch_size`` > 1) preprocess, vision and prefill are the batch's (every page
+    waits for all of them, so each page's TTFT is the batch's), and ``decode_ms`` runs from the
+    batch's first decode step to the step that finished this page.
     """
 
     sample_id: str
@@ -51,6 +55,8 @@ class ImageRun:
     device: str = "cpu"
     worker: str = "main"
     token_ids: tuple[int, ...] = ()  # generated ids, for parity checks
+    batch_size: int = 1  # pages inferred together (infer.batch_size); stage times are the batch's
+    batch_wall_ms: float | None = None  # the whole batch's wall time (pages/s = batch_size / this)
 
     @property
     def sam_ms(self) -> float | None:
