@@ -106,8 +106,11 @@ class StaticDecoder:
         return self.active.step(token)
 
     def begin_selection(self, seen: torch.Tensor, length: int, prompt_len: int, token: torch.Tensor,
-                        ngram_size: int, eos_token_id: int, min_new_tokens: int = 0) -> None:
-        """Hand the sequence so far (``seen[:, :length]``, ``token`` its last id) to the graph's selection."""
+                        ngram_size: int | None, eos_token_id: int, min_new_tokens: int = 0) -> None:
+        """Hand the sequence so far (``seen[:, :length]``, ``token`` its last id) to the graph's selection.
+
+        ``ngram_size`` None keeps the size the graph was captured with (teacher forcing ignores the
+        ban, and a new size would mean a new compilation and capture)."""
         self.active.begin_selection(seen, length, prompt_len, token, ngram_size, eos_token_id, min_new_tokens)
 
     def next_tokens(self, forced: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,12 +233,14 @@ class _Bucket:
     # -- token selection in the graph ------------------------------------------------------------
 
     def begin_selection(self, seen: torch.Tensor, length: int, prompt_len: int, token: torch.Tensor,
-                        ngram_size: int, eos_token_id: int, min_new_tokens: int) -> None:
+                        ngram_size: int | None, eos_token_id: int, min_new_tokens: int) -> None:
         self.seen[:, :length].copy_(seen[:, :length])
         self.cur_len.fill_(length)
         self.prompt_len.fill_(prompt_len)
         self.min_new.fill_(min_new_tokens)
         self.token.copy_(token.view(self.batch, 1))
+        if ngram_size is None:
+            ngram_size = self.select_key[0] if self.select_key is not None else 0
         key = (ngram_size, eos_token_id)
         if key != self.select_key:  # the ban's size and the EOS id are baked into the traced step
             self.select_key = key

@@ -126,7 +126,7 @@ class DecodeSteps:
         return out.logits[:, -1].float()
 
     def begin_selection(self, cache, seen: torch.Tensor, length: int, prompt_len: int, token: torch.Tensor,
-                        ngram_size: int, eos_token_id: int, min_new_tokens: int) -> None:
+                        ngram_size: int | None, eos_token_id: int, min_new_tokens: int) -> None:
         """Hand the sequence so far to the in-graph selection (``decode_backend=graph``)."""
         cache.begin_selection(seen, length, prompt_len, token, ngram_size, eos_token_id, min_new_tokens)
 
