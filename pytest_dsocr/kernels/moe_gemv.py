@@ -73,7 +73,7 @@ if triton is not None:  # the kernels' annotations need triton.language
 
     def _gate_up_kernel(x_ptr, ids_ptr, w_ptr, act_ptr, top_k, stride_expert, stride_row,
                         hidden: tl.constexpr, inter: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-                        BLOCK_COLS: tl.constexpr, STORE: tl.constexpr):
+                        BLOCK_COLS: tl.constexpr):
         pair = tl.program_id(0)  # token * top_k + slot
         block = tl.program_id(1)
         token = pair // top_k
@@ -93,6 +93,7 @@ if triton is not None:  # the kernels' annotations need triton.language
             gate += tl.sum(w_gate.to(tl.float32) * x[None, :], axis=1)
             up += tl.sum(w_up.to(tl.float32) * x[None, :], axis=1)
         # As batched_mm: each projection and the SiLU are stored in the model dtype before the product.
+        STORE = act_ptr.dtype.element_ty
         gate = gate.to(STORE).to(tl.float32)
         up = up.to(STORE).to(tl.float32)
         act = (gate * tl.sigmoid(gate)).to(STORE).to(tl.float32)
@@ -101,12 +102,12 @@ if triton is not None:  # the kernels' annotations need triton.language
 
     def _down_kernel(act_ptr, ids_ptr, weights_ptr, w_ptr, out_ptr, stride_expert, stride_row,
                      hidden: tl.constexpr, inter: tl.constexpr, TOP_K: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-                     BLOCK_COLS: tl.constexpr,
-                     STORE: tl.constexpr):
+                     BLOCK_COLS: tl.constexpr):
         token = tl.program_id(0)
         block = tl.program_id(1)
         rows = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
         row_ok = rows < hidden
+        STORE = out_ptr.dtype.element_ty
         total = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
         for slot in tl.static_range(TOP_K):
             pair = token * TOP_K + slot
@@ -126,10 +127,6 @@ if triton is not None:  # the kernels' annotations need triton.language
         tl.store(out_ptr + token * hidden + rows, total.to(STORE), mask=row_ok)
 
 
-def _store_type(dtype: torch.dtype):
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
-
-
 def moe_gemv(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
              gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> torch.Tensor:
     """Routed-experts output ``[tokens, hidden]`` for ``hidden_states`` ``[tokens, hidden]``.
@@ -145,15 +142,14 @@ def moe_gemv(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weigh
     x = hidden_states.contiguous()
     ids = top_k_index.reshape(-1).contiguous()
     weights = top_k_weights.reshape(-1).contiguous()
-    store = _store_type(x.dtype)
     act = torch.empty(tokens * top_k, inter, dtype=x.dtype, device=x.device)
     gate_up_kernel[(tokens * top_k, triton.cdiv(inter, GATE_UP_BLOCK_ROWS))](
         x, ids, gate_up_proj, act, top_k, gate_up_proj.stride(0), gate_up_proj.stride(1),
-        hidden=hidden, inter=inter, BLOCK_ROWS=GATE_UP_BLOCK_ROWS, BLOCK_COLS=BLOCK_COLS, STORE=store)
+        hidden=hidden, inter=inter, BLOCK_ROWS=GATE_UP_BLOCK_ROWS, BLOCK_COLS=BLOCK_COLS)
     out = torch.empty(tokens, hidden, dtype=x.dtype, device=x.device)
     down_kernel[(tokens, triton.cdiv(hidden, DOWN_BLOCK_ROWS))](
         act, ids, weights, down_proj, out, down_proj.stride(0), down_proj.stride(1),
-        hidden=hidden, inter=inter, TOP_K=top_k, BLOCK_ROWS=DOWN_BLOCK_ROWS, BLOCK_COLS=BLOCK_COLS, STORE=store)
+        hidden=hidden, inter=inter, TOP_K=top_k, BLOCK_ROWS=DOWN_BLOCK_ROWS, BLOCK_COLS=BLOCK_COLS)
     return out
 
 

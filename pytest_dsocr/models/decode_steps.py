@@ -8,6 +8,7 @@ the same for v1 and v2, whose decoder is the same DeepSeek-V2 MoE.
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,16 @@ class DecodeSteps:
         """Switch the vision / prefill backends of this adapter at run time (same weights)."""
         paths = self.fast_paths
         paths.use(vision_backend or paths.vision_backend, prefill_backend or paths.prefill_backend)
+
+    def variant(self, decode_backend: str | None = None, preprocess_device: str | None = None):
+        """A shallow copy of this adapter (same model, weights and compiled paths) with another decode
+        backend and/or preprocessing device: arms of one benchmark side by side on one model."""
+        twin = copy.copy(self)
+        if decode_backend is not None:
+            twin.init_decode_backend(decode_backend)
+        if preprocess_device is not None:
+            twin.init_preprocess_device(preprocess_device)
+        return twin
 
     @property
     def selects_in_graph(self) -> bool:
