@@ -287,7 +287,7 @@ def features_difference(adapter, prepared) -> dict:
 
 
 def parity_section(arms: dict[str, Arm], fast_name: str, tokens: list[int], sample, policy, n: int,
-                   compiled: bool) -> dict:
+                   compiled: bool, pages: bool = True) -> dict:
     """Teacher-forced logits of each faster path against the baseline, and GPU preprocessing per page."""
     from pytest_dsocr.models.deepseek_ocr.device_processing import pixel_difference
 
@@ -304,7 +304,8 @@ def parity_section(arms: dict[str, Arm], fast_name: str, tokens: list[int], samp
         candidates["graph decode"] = (arms["graph"].engine.adapter.variant(preprocess_device="cpu"), "eager", "eager",
                                       prepared)
     if compiled and "fast" in arms:
-        candidates["compiled vision + prefill"] = (baseline, "compiled", "compiled", prepared)
+        candidates[f"compiled vision, {arms['fast'].prefill} prefill"] = (baseline, "compiled", arms["fast"].prefill,
+                                                                          prepared)
     fast = arms[fast_name]
     fast_adapter = fast.engine.adapter
     device_prepared = fast_adapter.prepare(fast_adapter.load_pixels(sample.image_path))
@@ -320,9 +321,10 @@ def parity_section(arms: dict[str, Arm], fast_name: str, tokens: list[int], samp
     baseline.use_backends("eager", "eager")
     if compiled and "fast" in arms:
         out["compiled vision features"] = features_difference(baseline, prepared)
-    if fast_adapter.preprocess_on_device:
+    if fast_adapter.preprocess_on_device and pages:
         pages = []
-        vendor_engine = Engine(baseline.variant(decode_backend="graph"), policy, n, min_new_tokens=n)
+        # The same decoder (and compiled graphs) as the fast arm, fed the vendor's preprocessing.
+        vendor_engine = Engine(fast_adapter.variant(preprocess_device="cpu"), policy, n, min_new_tokens=n)
         device_engine = Engine(fast_adapter, policy, n, min_new_tokens=n)
         fast_adapter.use_backends("eager", "eager")
         for page in bundled_pages():
@@ -462,7 +464,7 @@ def profile_section(arms: list[Arm], sample) -> dict:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def make_arms(adapter, policy, n: int, device) -> dict[str, Arm]:
+def make_arms(adapter, policy, n: int, device, fast_prefill: str = "compiled") -> dict[str, Arm]:
     """baseline (the defaults), static (static-cache graph decode), graph (GPU preprocessing + the graph
     decode backend) and fast (graph + compiled vision and prefill; on a CPU the compiled paths stay eager)."""
     cuda = device.type == "cuda"
@@ -475,7 +477,7 @@ def make_arms(adapter, policy, n: int, device) -> dict[str, Arm]:
     return {"baseline": Arm("baseline", baseline, "eager", "eager"),
             "static": Arm("static", static, "eager", "eager"),
             "graph": Arm("graph", graph, "eager", "eager"),
-            "fast": Arm("fast", fast, compiled, compiled)}
+            "fast": Arm("fast", fast, compiled, fast_prefill if cuda else "eager")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--arms", default="baseline,static,graph,fast",
+                        help="configurations of the single-page section (baseline always runs)")
+    parser.add_argument("--batch-arms", default="baseline,graph", help="configurations of the batch section")
+    parser.add_argument("--fast-prefill", default="compiled", choices=["eager", "compiled"],
+                        help="the fast arm's decoder prefill backend")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler over prefill and decode of each arm")
     parser.add_argument("--out", default="runs/selfbench", help="folder for selfbench.json")
     parser.add_argument("--decode-probe", action="store_true",
@@ -510,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.static_variants:
         return static_variants(adapter, policy, sample, n)
 
-    arms = make_arms(adapter, policy, n, device)
+    arms = make_arms(adapter, policy, n, device, args.fast_prefill)
+    wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = {name: arm for name, arm in arms.items() if name in wanted or name == "baseline"}
     choice = select_hardware(cfg.hardware.name, torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     cost_model = DeepseekOCRCostModel(adapter.spec)
     attention = cfg.static_analysis.attention
@@ -519,8 +528,14 @@ def main(argv: list[str] | None = None) -> int:
                               "generated_tokens": n, "repeats": args.repeats},
                     "sections": sections}
     goals = Goals()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
 
-    def section(name: str, fn):
+    def save() -> None:  # after every section: a run cut short keeps what it measured
+        result["elapsed_s"] = time.perf_counter() - started
+        (out / "selfbench.json").write_text(json.dumps(result, indent=2, default=str))
+
+    def section(name: str, fn, key: str | None = None):
         if name not in sections:
             return None
         begun = time.perf_counter()
@@ -529,36 +544,51 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # report the section that cannot run, go on with the others
             value = {"failed": f"{type(exc).__name__}: {str(exc)[:500]}"}
             print(f"section {name} failed: {value['failed']}")
-        result[name] = value
-        print(f"[{name}] {time.perf_counter() - begun:.1f} s", flush=True)
+        result[key or name] = value
+        print(f"[{key or name}] {time.perf_counter() - begun:.1f} s", flush=True)
+        save()
         return value
 
     harness = section("harness", lambda: harness_section(adapter, policy, sample, n, args.repeats, device))
+    # Arms that compile the vision path (fast) are warmed and measured last: a run cut short by a
+    # time limit keeps the other figures.
+    late = {name: arms.pop(name) for name in ("fast",) if name in arms}
     result["failed_arms"] = warm_arms(arms, sample)
     if "baseline" not in arms:
         raise SystemExit("the baseline configuration cannot run: " + result["failed_arms"]["baseline"])
-    fast_name = "fast" if "fast" in arms else "graph" if "graph" in arms else "baseline"
+    decode_name = "graph" if "graph" in arms else "baseline"
     single = section("single", lambda: single_section(list(arms.values()), sample, args.repeats, device, cost_model,
                                                       choice, attention))
-    parity = section("parity", lambda: parity_section(
-        arms, fast_name, single["baseline"]["tokens"] if single and "baseline" in single else
-        list(arms["baseline"].run(sample).token_ids), sample, policy, n, device.type == "cuda"))
+    tokens = (single["baseline"]["tokens"] if single and "baseline" in single
+              else list(arms["baseline"].run(sample).token_ids))
+    section("parity", lambda: parity_section(arms, decode_name, tokens, sample, policy, n, False))
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    batch = section("batch", lambda: batch_section([arms["baseline"], arms[fast_name]], sample, batch_sizes,
-                                                   max(2, args.repeats // 2), device, policy, n))
+    batch_arms = [arms[name] for name in args.batch_arms.split(",") if name in arms]
+    batch = section("batch", lambda: batch_section(batch_arms, sample, batch_sizes, max(2, args.repeats // 2),
+                                                   device, policy, n))
     section("kernels", lambda: kernels_section(adapter, device))
+    fast_name = decode_name
+    if late and "single" in sections:
+        result["failed_arms"].update(warm_arms(late, sample))
+        if "fast" in late:
+            fast_name = "fast"
+            both = {"baseline": arms["baseline"], "fast": late["fast"]}
+            section("single", lambda: single_section(list(both.values()), sample, args.repeats, device, cost_model,
+                                                     choice, attention), key="single_fast")
+            section("parity", lambda: parity_section(both, "fast", tokens, sample, policy, n, device.type == "cuda",
+                                                     pages=False), key="parity_fast")
+            arms.update(late)
     if args.profile:
-        section_profile = profile_section([arms["baseline"], arms[fast_name]], sample)
-        result["profile"] = section_profile
-    result["elapsed_s"] = time.perf_counter() - started
+        section("single", lambda: profile_section([arms["baseline"], arms[fast_name]], sample), key="profile")
 
+    single_fast = result.get("single_fast") if fast_name == "fast" else single
     if harness and "failed" not in harness:
         for key, goal in (("harness_over_generate", HARNESS_GOAL), ("inf_over_numeric", INF_GOAL),
                           ("instrumented_over_bare", INSTRUMENTATION_GOAL)):
             r = harness[key]
             goals.check(key.replace("_", " "), r["ratio"], r["low"], r["high"], goal, at_most=True)
-    if single and "failed" not in single:
-        fast = single[fast_name]
+    if single_fast and "failed" not in single_fast:
+        fast = single_fast[fast_name]
         goals.check(f"{fast_name} preprocess ms", *interval(fast["preprocess_ms"]), PREPROCESS_GOAL_MS, True, " ms", 2)
         goals.check(f"{fast_name} TTFT ms", *interval(fast["ttft_ms"]), TTFT_GOAL_MS, True, " ms", 2)
         if "vision_mfu" in fast:
@@ -566,21 +596,19 @@ def main(argv: list[str] | None = None) -> int:
             goals.check(f"{fast_name} decoder prefill MFU", *interval(fast["prefill_mfu"]), PREFILL_MFU_GOAL, False)
         if "tpot_floor_ms" in fast:
             floor = fast["tpot_floor_ms"]
-            tpot = fast["tpot_ms"]
+            tpot = fast["tpot_ms"]  # the fast arm decodes on the graph backend
             goals.check(f"{fast_name} TPOT / floor", tpot["median"] / floor, tpot["low"] / floor, tpot["high"] / floor,
                         TPOT_FLOOR_GOAL, True, "x", 2)
-        r = single["ratios"][f"{fast_name}/baseline"]["ttft_ms"]
+        r = single_fast["ratios"][f"{fast_name}/baseline"]["ttft_ms"]
         goals.check(f"{fast_name} TTFT / baseline TTFT", r["ratio"], r["low"], r["high"], 0.5, True)
     if batch and "failed" not in batch:
-        for name in ("baseline", fast_name):
+        for name in [arm.name for arm in batch_arms]:
             if name in batch:
                 s = batch[name]["speedup"]
                 goals.check(f"{name} pages/s batch {batch[name]['largest']} / batch {batch[name]['smallest']}",
                             s["ratio"], s["low"], s["high"], BATCH_SPEEDUP_GOAL, False, "x", 2)
     result["goals"] = goals.lines
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "selfbench.json").write_text(json.dumps(result, indent=2, default=str))
+    save()
     print_table(result, goals)
     return 1 if goals.missed else 0
 
@@ -615,7 +643,14 @@ def print_table(r: dict, goals: Goals) -> None:
     print(f"\nDeepSeek-OCR {m['size']} ({m['dtype']}) on {env.get('device_name')}, page {m['page']}, "
           f"{m['generated_tokens']} tokens, {m['repeats']} repeats; torch {env['torch']}, "
           f"transformers {env['transformers']}; median [95 % interval]")
-    single = r.get("single")
+    for key in ("single", "single_fast"):
+        print_single(r.get(key))
+    for key in ("parity", "parity_fast"):
+        print_parity(r.get(key))
+    print_rest(r, goals)
+
+
+def print_single(single: dict | None) -> None:
     if single and "failed" not in single:
         arms = [name for name in single if name != "ratios"]
         keys = ["ttft_ms", "preprocess_ms", "prefill_ms", "vision_ms", "sam_ms", "clip_ms", "projector_ms",
@@ -631,7 +666,9 @@ def print_table(r: dict, goals: Goals) -> None:
         for pair, figures in single["ratios"].items():
             print(f"{pair}: " + ", ".join(f"{k} {fmt_interval(v['ratio'], v['low'], v['high'])}"
                                           for k, v in figures.items()))
-    parity = r.get("parity")
+
+
+def print_parity(parity: dict | None) -> None:
     if parity and "failed" not in parity:
         for name, value in parity.items():
             if isinstance(value, dict) and "max_rel" in value and "top1_agreement" in value:
@@ -645,6 +682,9 @@ def print_table(r: dict, goals: Goals) -> None:
         for page in parity.get("preprocessing_pages", []):
             print(f"preprocess {page['page']}: pixels max {page['max_abs']:.4f} mean {page['mean_abs']:.2e} "
                   f"({page['share_differing']:.2%} differ), tokens equal {page['tokens_equal']}")
+
+
+def print_rest(r: dict, goals: Goals) -> None:
     batch = r.get("batch")
     if batch and "failed" not in batch:
         for name, value in batch.items():

@@ -54,9 +54,9 @@ def build_kernels() -> dict[str, object]:
     """Jit the two kernels once, in the mode in force (the interpreter is chosen at jit time).
 
     Called before any torch.compile trace reaches :func:`moe_gemv`, so the trace only looks
-    the kernels up.
+    the kernels up; built again only if ``TRITON_INTERPRET`` changed since (tests).
     """
-    if not _KERNELS and triton is not None:
+    if triton is not None and (not _KERNELS or _KERNELS["interpret"] != interpreting()):
         _KERNELS.update(gate_up=triton.jit(_gate_up_kernel), down=triton.jit(_down_kernel),
                         interpret=interpreting())
     return _KERNELS
@@ -137,7 +137,7 @@ def moe_gemv(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weigh
     tokens, hidden = hidden_states.shape
     top_k = top_k_index.shape[-1]
     inter = down_proj.shape[-1]
-    kernels = _KERNELS or build_kernels()
+    kernels = _KERNELS if _KERNELS and hidden_states.is_cuda else build_kernels()
     gate_up_kernel, down_kernel = kernels["gate_up"], kernels["down"]
     x = hidden_states.contiguous()
     ids = top_k_index.reshape(-1).contiguous()

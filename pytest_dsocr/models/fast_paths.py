@@ -74,8 +74,8 @@ class VisionFastPath:
         self.flex_class = SamFlexAttention
         self.switched = use_flex_attention(inner.sam_model)
         sam = inner.sam_model
-        self.compiled = CompiledModules([*sam.layers, sam.neck, sam.proj, inner.vision_model.embeddings,
-                                         inner.vision_model.pre_layrnorm, inner.vision_model.transformer])
+        # Block by block: the blocks of one kind share their code, so each kind compiles once per shape.
+        self.compiled = CompiledModules([*sam.layers, sam.neck, sam.proj, *inner.vision_model.transformer.layers])
         self.disable()
 
     def enable(self) -> None:
