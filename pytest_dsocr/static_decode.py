@@ -193,14 +193,20 @@ class _Bucket:
         for layer, position in zip(self.cache.layers, positions):
             layer.cumulative_length.copy_(position)
 
-    def _captured(self, body) -> tuple[torch.cuda.CUDAGraph, object]:
-        """``body()`` run GRAPH_WARMUP_STEPS times on a side stream, then captured; cache positions restored."""
+    def _captured(self, body, reset) -> tuple[torch.cuda.CUDAGraph, object]:
+        """``body()`` run GRAPH_WARMUP_STEPS times on a side stream, then captured.
+
+        ``reset()`` puts the state back before every warmup run and after the last: each run advances
+        the cache by the steps it takes, and the buffers only have room for one replay past the budget.
+        """
         device = self.owner.device
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(GRAPH_WARMUP_STEPS):
+                reset()
                 body()
+            reset()
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -210,7 +216,7 @@ class _Bucket:
     def _capture(self) -> None:
         positions = self._positions()
         try:
-            self.graph, self.logits = self._captured(self._run)
+            self.graph, self.logits = self._captured(self._run, lambda: self._restore(positions))
         finally:
             self._restore(positions)
 
@@ -282,19 +288,23 @@ class _Bucket:
             self.forced.copy_(forced.view(self.batch, -1))
         if self.owner.use_graph and not self.graph_failed:
             if self.select_graph is None:
-                state = (self._positions(), self.seen.clone(), self.cur_len.clone(), self.token.clone())
+                positions, seen, cur_len, token = (self._positions(), self.seen.clone(), self.cur_len.clone(),
+                                                   self.token.clone())
+
+                def reset() -> None:
+                    self._restore(positions)
+                    self.seen.copy_(seen)
+                    self.cur_len.copy_(cur_len)
+                    self.token.copy_(token)
+
                 try:
-                    self.select_graph, _ = self._captured(self._select_steps)
+                    self.select_graph, _ = self._captured(self._select_steps, reset)
                 except Exception as exc:  # a kernel that cannot be captured: run the steps one by one
                     self.graph_failed = True
                     log.warning("CUDA graph capture of the decode steps failed (%s: %s); "
                                 "selecting on the device without a graph", type(exc).__name__, exc)
                 finally:
-                    positions, seen, cur_len, token = state
-                    self._restore(positions)
-                    self.seen.copy_(seen)
-                    self.cur_len.copy_(cur_len)
-                    self.token.copy_(token)
+                    reset()
             if self.select_graph is not None:
                 self.select_graph.replay()
                 return self.out

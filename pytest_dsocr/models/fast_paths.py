@@ -75,7 +75,10 @@ class VisionFastPath:
         self.switched = use_flex_attention(inner.sam_model)
         sam = inner.sam_model
         # Block by block: the blocks of one kind share their code, so each kind compiles once per shape.
-        self.compiled = CompiledModules([*sam.layers, sam.neck, sam.proj, *inner.vision_model.transformer.layers])
+        # Static shapes: a page mix brings a handful (crop counts x view sizes), each compiled once,
+        # and flex_attention is best specialised to its sequence length.
+        self.compiled = CompiledModules([*sam.layers, sam.neck, sam.proj, *inner.vision_model.transformer.layers],
+                                        dynamic=False)
         self.disable()
 
     def enable(self) -> None:
