@@ -82,8 +82,10 @@ class InferConfig:
     prompt: str = DEFAULT_PROMPT
     warmup_rounds: int = 1  # unmeasured inferences per sample before the measured rounds
     rounds: int = 1  # measured inferences per sample
-    decode_backend: str = "eager"  # eager | static (static KV cache + compiled decode step) | graph (static + selection in the graph)
-    preprocess_device: str = "cpu"  # cpu (vendor Pillow path) | cuda (decode on the host, resize/crops/normalise on the GPU)
+    # eager | static (static KV cache + compiled decode step) | graph (static + token selection in the graph)
+    decode_backend: str = "eager"
+    # cpu (the vendor's Pillow path) | cuda (decode on the host; resize, crops, normalisation on the GPU)
+    preprocess_device: str = "cpu"
     batch_size: int = 1  # pages inferred together (Engine.run_batch); 1 = one page at a time
     vision_backend: str = "eager"  # eager | compiled (v1: flex-attention SAM + torch.compile of SAM and CLIP)
     prefill_backend: str = "eager"  # eager | compiled (torch.compile of the decoder for the prefill)

@@ -199,7 +199,8 @@ class Engine:
             hooks.on_iter_start(sample, round_index, measured)
         runs: list[ImageRun] | None = None
         try:
-            label = f"sample:{samples[0].sample_id}" if not batch else f"batch:{samples[0].sample_id}+{len(samples) - 1}"
+            first = samples[0].sample_id
+            label = f"batch:{first}+{len(samples) - 1}" if batch else f"sample:{first}"
             outer = nvtx.nvtx_range(label) if instrument else nullcontext()
             timers = self.module_timers.active(timer) if timer is not None else nullcontext()
             with outer, hooks.context_provider(samples[0], measured), torch.inference_mode(), timers:

@@ -20,8 +20,13 @@ from pytest_dsocr.records import Sample
 from pytest_dsocr.teacher_forcing import (compare_logits, forced_logits, forced_logits_batch, reference_tokens,
                                           teacher_forced_parity)
 
+# torch's own modules (dynamo, flex_attention) define jit script methods when first imported.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 TOKENS = 24  # past the n-gram ban's 20: the ban is exercised
 EIGHT_BIT_STEP = 2 / 255  # one 8-bit level after Normalize(0.5, 0.5)
+SLEEP_CYCLES = 100_000_000  # about 50 ms at the 2 GHz of a datacenter GPU
+SLEEP_MIN_MS = 10.0
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -131,20 +136,18 @@ def test_engine_times_device_preprocessing_like_the_model_stages(adapter, policy
 @needs_cuda
 def test_gpu_preprocessing_time_covers_its_kernels():
     """A preprocess that queues long GPU work must be timed to its end, not to the host's return."""
-    from pytest_dsocr.timing import StageTimer
+    from pytest_dsocr.engine import NO_HOOKS
 
     class SlowDevicePreprocess:
         preprocess_on_device = True
         device = torch.device("cuda")
 
-    engine = Engine.__new__(Engine)
-    engine.adapter = SlowDevicePreprocess()
-    engine._hooks = __import__("pytest_dsocr.engine", fromlist=["NO_HOOKS"]).NO_HOOKS
+    engine = Engine.__new__(Engine)  # only the timing machinery: no model needed
+    engine.adapter, engine._hooks = SlowDevicePreprocess(), NO_HOOKS
     timer = engine._new_timer(True)
-    cycles = int(torch.cuda.get_device_properties(0).clock_rate * 1e3 * 0.05)  # about 50 ms
     with engine._stage("preprocess", timer):
-        torch.cuda._sleep(cycles)
-    assert isinstance(timer, StageTimer) and timer.elapsed_ms()["preprocess"] > 25.0
+        torch.cuda._sleep(SLEEP_CYCLES)  # returns at once on the host; the GPU spins for tens of ms
+    assert timer.elapsed_ms()["preprocess"] > SLEEP_MIN_MS
 
 
 # -- token selection in the graph (run eagerly on the CPU) ---------------------------------------
@@ -229,17 +232,16 @@ def test_compare_logits_reports_relative_difference_and_top1():
     assert not result.within_tolerance and result.tolerance == 5e-2
 
 
-@pytest.mark.parametrize("backend", ["static", "graph"])
-def test_decode_backends_agree_teacher_forced(adapter, page, eager_tokens, eager_logits, backend):
-    candidate = adapter.variant(decode_backend=backend)
-    logits = forced_logits(candidate, candidate.prepare(candidate.load(page.image_path)), eager_tokens)
-    result = compare_logits(eager_logits, logits, torch.float32)
+def test_static_backend_agrees_teacher_forced(adapter, page, eager_tokens):
+    result = teacher_forced_parity(adapter, adapter.variant(decode_backend="static"), page, eager_tokens)
     assert result.steps == TOKENS and result.agrees and result.max_rel < 1e-4
 
 
-def test_teacher_forced_parity_of_one_path_with_itself(adapter, page, eager_tokens):
-    result = teacher_forced_parity(adapter, adapter, page, eager_tokens[:3])
-    assert result.max_abs == 0.0 and result.top1_agreement == 1.0
+def test_graph_backend_agrees_teacher_forced_through_its_own_steps(adapter, page, eager_tokens, eager_logits):
+    candidate = adapter.variant(decode_backend="graph")  # forced ids replace the graph's own choices
+    logits = forced_logits(candidate, candidate.prepare(candidate.load(page.image_path)), eager_tokens)
+    result = compare_logits(eager_logits, logits, torch.float32)
+    assert result.steps == TOKENS and result.agrees and result.max_rel < 1e-4
 
 
 # -- the Triton kernel in its CPU interpreter -----------------------------------------------------
@@ -247,27 +249,25 @@ def test_teacher_forced_parity_of_one_path_with_itself(adapter, page, eager_toke
 
 INTERPRETER_CHECK = """
 import torch
-from transformers.integrations.moe import batched_mm_experts_forward
+import torch.nn.functional as F
 from pytest_dsocr.kernels.moe_gemv import moe_gemv
 generator = torch.Generator().manual_seed(0)
 experts, hidden, inter, tokens, top_k = 5, 40, 24, 2, 2
-module = torch.nn.Module()
-module.gate_up_proj = torch.nn.Parameter(torch.randn(experts, 2 * inter, hidden, generator=generator) * 0.1)
-module.down_proj = torch.nn.Parameter(torch.randn(experts, hidden, inter, generator=generator) * 0.1)
-module.has_gate, module.has_bias, module.is_transposed = True, False, False
-module._is_expert_parallel, module.has_post_expert_norm, module.num_experts = False, False, experts
-module.act_fn = torch.nn.functional.silu
-module._apply_gate = lambda out: torch.nn.functional.silu(out.chunk(2, -1)[0]) * out.chunk(2, -1)[1]
+gate_up = torch.randn(experts, 2 * inter, hidden, generator=generator) * 0.1
+down = torch.randn(experts, hidden, inter, generator=generator) * 0.1
 x = torch.randn(tokens, hidden, generator=generator)
 ids = torch.stack([torch.randperm(experts, generator=generator)[:top_k] for _ in range(tokens)])
 weights = torch.rand(tokens, top_k, generator=generator)
-with torch.no_grad():
-    got = moe_gemv(x, ids, weights, module.gate_up_proj, module.down_proj)
-    want = batched_mm_experts_forward(module, x, ids, weights)
-    for dtype in (torch.float32, torch.bfloat16):
-        half = moe_gemv(x.to(dtype), ids, weights, module.gate_up_proj.to(dtype), module.down_proj.to(dtype))
-        assert half.dtype == dtype and (half.float() - want).abs().max() < 2e-2
+# What transformers' experts compute: silu(gate) * up, down projection, weighted sum over the top-k.
+want = torch.zeros(tokens, hidden)
+for t in range(tokens):
+    for k in range(top_k):
+        gate, up = F.linear(x[t], gate_up[ids[t, k]]).chunk(2)
+        want[t] += weights[t, k] * F.linear(F.silu(gate) * up, down[ids[t, k]])
+got = moe_gemv(x, ids, weights, gate_up, down)
 assert torch.allclose(got, want, atol=1e-6, rtol=1e-5), (got - want).abs().max()
+half = moe_gemv(x.bfloat16(), ids, weights, gate_up.bfloat16(), down.bfloat16())
+assert half.dtype == torch.bfloat16 and (half.float() - want).abs().max() < 2e-2
 print("ok")
 """
 

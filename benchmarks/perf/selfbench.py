@@ -633,7 +633,8 @@ def static_variants(adapter, policy, sample, n: int) -> int:
         except Exception as exc:  # report the variant that cannot run, try the next
             print(f"static {kernel} compile={compiled}: failed: {type(exc).__name__}: {str(exc)[:300]}")
             continue
-        print(f"static {kernel} compile={compiled}: first run {warm_s:.1f} s, graph={variant.static.active.graph is not None}, "
+        graph = variant.static.active.graph is not None
+        print(f"static {kernel} compile={compiled}: first run {warm_s:.1f} s, graph={graph}, "
               f"TPOT {spread([r.tpot_ms for r in runs])} ms, tokens == first {runs[-1].token_ids == first.token_ids}")
     return 0
 
@@ -694,10 +695,13 @@ def print_rest(r: dict, goals: Goals) -> None:
                 continue
             for row in value["rows"]:
                 print(f"{name} batch {row['batch']:>3}: {fmt_interval(*interval(row['pages_per_s']), 2)} pages/s, "
-                      f"TTFT {fmt_interval(*interval(row['ttft_ms']), 1)} ms, TPOT {fmt_interval(*interval(row['tpot_ms']), 2)} ms")
+                      f"TTFT {fmt_interval(*interval(row['ttft_ms']), 1)} ms, "
+                      f"TPOT {fmt_interval(*interval(row['tpot_ms']), 2)} ms")
             agreement = value.get("agreement", {})
-            print(f"{name} batch {value['largest']} vs 1: teacher-forced max rel {agreement.get('max_rel', float('nan')):.4f}, "
-                  f"top-1 >= {agreement.get('min_top1_agreement', float('nan')):.3f}, tokens equal {agreement.get('tokens_equal_batch_1')}")
+            print(f"{name} batch {value['largest']} vs 1: teacher-forced max rel "
+                  f"{agreement.get('max_rel', float('nan')):.4f}, top-1 >= "
+                  f"{agreement.get('min_top1_agreement', float('nan')):.3f}, "
+                  f"tokens equal {agreement.get('tokens_equal_batch_1')}")
     kernels = r.get("kernels")
     if kernels and "omitted" not in kernels and "failed" not in kernels:
         for key, value in kernels.items():

@@ -66,7 +66,7 @@ class DecodeSteps:
         self.preprocess_on_device = preprocess_device == "cuda"
 
     def init_fast_paths(self, vision_backend: str, prefill_backend: str) -> None:
-        """Compiled vision / decoder-prefill paths (``eager`` or ``compiled``), see :mod:`pytest_dsocr.models.fast_paths`."""
+        """Compiled vision / decoder-prefill paths (``eager`` or ``compiled``): :mod:`pytest_dsocr.models.fast_paths`."""
         from pytest_dsocr.models.fast_paths import FastPaths
 
         self.fast_paths = FastPaths(self.model, vision_backend, prefill_backend, self.vision_fast_path_factory())
