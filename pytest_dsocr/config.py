@@ -23,7 +23,7 @@ from pytest_dsocr.analytic.config import StaticAnalysisConfig, SweepConfig
 from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.families import DEFAULT_FAMILY, FAMILY_NAMES
+from pytest_dsocr.families import DEFAULT_FAMILY, FAMILY_NAMES, family
 from pytest_dsocr.hardware import hardware_names
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
@@ -36,7 +36,9 @@ MAIN_CONFIG = "config.yaml"
 
 SIZES = ("tiny", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DECODE_BACKENDS = ("eager", "static")
+DECODE_BACKENDS = ("eager", "static", "graph")
+PREPROCESS_DEVICES = ("cpu", "cuda")
+FAST_PATH_BACKENDS = ("eager", "compiled")
 ATTENTION_MODES = ("eager", "flash")
 # Multiples of SAM's 16-pixel patch times the 4x downsampling: the vendor's views are 512..1280.
 VIEW_SIZE_MULTIPLE = 64
@@ -81,7 +83,13 @@ class InferConfig:
     prompt: str = DEFAULT_PROMPT
     warmup_rounds: int = 1  # unmeasured inferences per sample before the measured rounds
     rounds: int = 1  # measured inferences per sample
-    decode_backend: str = "eager"  # eager | static (static KV cache + compiled decode step)
+    # eager | static (static KV cache + compiled decode step) | graph (static + token selection in the graph)
+    decode_backend: str = "eager"
+    # cpu (the vendor's Pillow path) | cuda (decode on the host; resize, crops, normalisation on the GPU)
+    preprocess_device: str = "cpu"
+    batch_size: int = 1  # pages inferred together (Engine.run_batch); 1 = one page at a time
+    vision_backend: str = "eager"  # eager | compiled (v1: flex-attention SAM + torch.compile of SAM and CLIP)
+    prefill_backend: str = "eager"  # eager | compiled (torch.compile of the decoder for the prefill)
 
 
 @dataclass
@@ -259,6 +267,21 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("model.size", model.size, SIZES)
     _check_choice("model.dtype", model.dtype, DTYPES)
     _check_choice("infer.decode_backend", infer.decode_backend, DECODE_BACKENDS)
+    _check_choice("infer.preprocess_device", infer.preprocess_device, PREPROCESS_DEVICES)
+    _check_choice("infer.vision_backend", infer.vision_backend, FAST_PATH_BACKENDS)
+    _check_choice("infer.prefill_backend", infer.prefill_backend, FAST_PATH_BACKENDS)
+    if infer.batch_size < 1:
+        raise DsocrError(f"infer.batch_size={infer.batch_size}: must be >= 1")
+    if infer.preprocess_device == "cuda" and model.device == "cpu":
+        raise DsocrError("infer.preprocess_device=cuda: model.device=cpu; preprocessing on the GPU needs the "
+                         "model on the GPU (model.device=auto or cuda)")
+    entry = family(model.family)
+    if infer.preprocess_device != "cpu" and not entry.device_preprocessing:
+        raise DsocrError(f"infer.preprocess_device={infer.preprocess_device}: {entry.title} preprocesses on the "
+                         "host (its processor has no device path); use cpu")
+    if infer.vision_backend != "eager" and not entry.compiled_vision:
+        raise DsocrError(f"infer.vision_backend={infer.vision_backend}: {entry.title} has no compiled vision "
+                         "path; use eager")
     if not (model.device in ("auto", "cpu", "cuda") or str(model.device).startswith("cuda:")):
         raise DsocrError(f"model.device={model.device!r}: expected auto, cpu, cuda or cuda:N")
     for key in ("base_size", "image_size"):

@@ -26,8 +26,10 @@ class Family:
     sizes: tuple[str, ...]  # model.size values; the family's spec module has one spec per size
     stages: StageTree
     builder: str  # "module:function" -> build(size, device, dtype, path, seed, experts_implementation)
-    adapter: str  # "module:class" -> Adapter(model_cfg, device, dtype, prompt, decode_backend)
+    adapter: str  # "module:class" -> Adapter(model_cfg, device, dtype, prompt, decode_backend, **infer options)
     analytic: str  # "module:object" -> an AnalyticFamily (pytest_dsocr.analytic.family)
+    device_preprocessing: bool = False  # infer.preprocess_device=cuda is implemented
+    compiled_vision: bool = False  # infer.vision_backend=compiled is implemented
 
     def load(self, what: str) -> Any:
         """The object ``what`` (builder, adapter or analytic) names, imported now."""
@@ -50,6 +52,8 @@ FAMILIES: dict[str, Family] = {
             builder="pytest_dsocr.models.deepseek_ocr.modeling:build",
             adapter="pytest_dsocr.models.deepseek_ocr.adapter:DeepseekOCRAdapter",
             analytic="pytest_dsocr.analytic.deepseek_ocr:ANALYTIC",
+            device_preprocessing=True,
+            compiled_vision=True,
         ),
         Family(
             name="deepseek_ocr2",

@@ -55,3 +55,33 @@ class IncrementalNoRepeatNGram(LogitsProcessor):
                     scores_processed = scores.clone()
                 scores_processed[row, banned] = -float("inf")
         return scores_processed
+
+
+def ban_repeated_ngrams(scores: torch.Tensor, seen: torch.Tensor, length: torch.Tensor, ngram_size: int) -> torch.Tensor:
+    """The same ban as :class:`IncrementalNoRepeatNGram`, as tensor ops with no host value.
+
+    ``seen`` [batch, capacity] holds each row's ids (prompt and generated) in its first
+    ``length[row]`` places; what lies beyond is ignored. ``length`` is a device tensor [batch],
+    so the ban can run inside a captured CUDA graph: every shape is fixed by ``capacity``, and
+    every window ``seen[i : i + n]`` is compared with the row's last ``n - 1`` ids at once
+    (O(capacity x n) element compares per step, a few microseconds on a GPU). Returns new scores
+    with the banned ids at -inf.
+    """
+    n = ngram_size
+    batch, capacity = seen.shape
+    vocab = scores.shape[-1]
+    if capacity < n:  # no n-gram fits in the buffer
+        return scores
+    windows = seen.unfold(1, n, 1)  # [batch, capacity - n + 1, n]: every n-gram start
+    offsets = torch.arange(n - 1, device=seen.device)
+    suffix_at = (length.view(batch, 1) - (n - 1) + offsets).clamp(min=0)
+    suffix = seen.gather(1, suffix_at)  # [batch, n - 1]: the row's last n - 1 ids
+    match = (windows[:, :, : n - 1] == suffix.unsqueeze(1)).all(dim=-1)
+    starts = torch.arange(windows.shape[1], device=seen.device)
+    # An n-gram counts when it lies wholly in the sequence (start <= length - n); none before
+    # the sequence holds n - 1 ids, exactly as transformers' processor.
+    match &= starts.view(1, -1) <= (length.view(batch, 1) - n)
+    banned = torch.where(match, windows[:, :, n - 1], vocab)  # vocab = a spare column for "no ban"
+    mask = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
+    mask.scatter_(1, banned, True)
+    return scores.masked_fill(mask[:, :vocab], -float("inf"))

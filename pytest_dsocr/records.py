@@ -30,6 +30,10 @@ class ImageRun:
     projector for v1) are nested inside ``prefill_ms`` and must never be summed with it.
     ``prefill_ms`` is vision + decoder prefill up to the first token; ``ttft_ms`` adds
     preprocessing. ``decode_ms`` covers tokens 2..n.
+
+    In a batch (``batch_size`` > 1) preprocess, vision and prefill are the batch's (every page
+    waits for all of them, so each page's TTFT is the batch's), and ``decode_ms`` runs from the
+    batch's first decode step to the step that finished this page.
     """
 
     sample_id: str
@@ -52,6 +56,16 @@ class ImageRun:
     device: str = "cpu"
     worker: str = "main"
     token_ids: tuple[int, ...] = ()  # generated ids, for parity checks
+    batch_size: int = 1  # pages inferred together (infer.batch_size); stage times are the batch's
+    batch_wall_ms: float | None = None  # the whole batch's wall time (pages/s = batch_size / this)
+
+    @property
+    def busy_ms(self) -> float:
+        """The wall time this page accounts for: its end-to-end time alone, or its share of the
+        batch's wall time in a batch (pages of a batch run at once: their times overlap)."""
+        if self.batch_size > 1 and self.batch_wall_ms is not None:
+            return self.batch_wall_ms / self.batch_size
+        return self.preprocess_ms + self.prefill_ms + self.decode_ms
 
     @property
     def sam_ms(self) -> float | None:
@@ -80,7 +94,8 @@ class ImageRun:
             "tokens": self.tokens, "prefill_len": self.prefill_len, "image_tokens": self.image_tokens,
             "crop_grid": list(self.crop_grid), "text_raw": self.text_raw, "substage_ms": dict(self.substage_ms),
             "finish_reason": self.finish_reason, "device": self.device, "worker": self.worker,
-            "token_ids": list(self.token_ids), "tpot_ms": self.tpot_ms,
+            "token_ids": list(self.token_ids), "batch_size": self.batch_size, "batch_wall_ms": self.batch_wall_ms,
+            "tpot_ms": self.tpot_ms,
         }
 
     @classmethod

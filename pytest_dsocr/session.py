@@ -12,6 +12,7 @@ import itertools
 import logging
 import statistics
 import traceback
+from collections.abc import Sequence
 from functools import cached_property
 
 import torch
@@ -40,11 +41,23 @@ class SampleFailed(Exception):
         self.failure = failure
 
 
+def adapter_options(infer: DictConfig) -> dict:
+    """The keyword options of an adapter from the ``infer`` section (every family takes them)."""
+    return {
+        "preprocess_device": infer.preprocess_device,
+        "vision_backend": infer.vision_backend,
+        "prefill_backend": infer.prefill_backend,
+    }
+
+
 def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
-    """The engine adapter of ``model.family`` (named by its registry entry)."""
+    """The engine adapter of ``model.family`` (named by its registry entry), built with every
+    ``infer`` option that shapes it. The session and the perf scripts build adapters here, so a
+    new ``infer`` key reaches every path at once."""
     entry = family(cfg.model.family)
     entry.check_size(cfg.model.size)
-    return entry.load("adapter")(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
+    return entry.load("adapter")(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend,
+                                 **adapter_options(cfg.infer))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -56,9 +69,14 @@ def describe_error(exc: BaseException) -> str:
 class DsocrSession:
     """Loaded once per pytest session (fixture ``dsocr_session``)."""
 
-    def __init__(self, cfg: DictConfig, collector: Collector) -> None:
+    def __init__(self, cfg: DictConfig, collector: Collector, samples: Sequence[Sample] = ()) -> None:
+        """``samples``: the session's sampled pages, in order; with ``infer.batch_size`` > 1 they
+        run in consecutive chunks of that many pages (a test's page and its neighbours)."""
         self.config = cfg
         self.collector = collector
+        self.samples = list(samples)
+        self.batch_size = int(cfg.infer.batch_size)
+        self._batched: dict[tuple[str, Sample], list[ImageRun] | Exception] = {}
         self.device = resolve_device(cfg.model.device)  # DsocrError for cuda without CUDA
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         self.max_new_tokens = parse_max_new_tokens(cfg.infer.max_new_tokens)
@@ -102,9 +120,47 @@ class DsocrSession:
         return self.engine.run(sample, stage=stage, hooks=hooks, round_index=round_index,
                                measured=measured, instrument=instrument)
 
+    def chunk_of(self, sample: Sample) -> list[Sample]:
+        """The ``infer.batch_size`` consecutive sampled pages ``sample`` runs with."""
+        if self.batch_size <= 1 or sample not in self.samples:
+            return [sample]
+        start = self.samples.index(sample) // self.batch_size * self.batch_size
+        return self.samples[start:start + self.batch_size]
+
+    def _measure_batch(self, sample: Sample, stage: str, hooks: ProfilingHooks) -> list[ImageRun]:
+        """This sample's measured rounds from its chunk's batched rounds (run once, at the chunk's
+        first test; the other pages' tests take theirs). Raises what the batch raised."""
+        key = (stage, sample)
+        if key not in self._batched:
+            chunk = self.chunk_of(sample)
+            warmup, rounds = self.config.infer.warmup_rounds, self.config.infer.rounds
+            try:
+                for index in range(warmup):
+                    self.engine.run_batch(chunk, stage=stage, hooks=hooks, round_index=index, measured=False)
+                measured = [self.engine.run_batch(chunk, stage=stage, hooks=hooks, round_index=index)
+                            for index in range(rounds)]
+                for position, page in enumerate(chunk):
+                    self._batched[(stage, page)] = [runs[position] for runs in measured]
+            except Exception as exc:  # every page of the batch fails with it
+                for page in chunk:
+                    self._batched[(stage, page)] = exc
+        result = self._batched.pop(key)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def measure(self, sample: Sample, *, stage: str, hooks: ProfilingHooks = NO_HOOKS,
                 benchmark=None) -> list[ImageRun]:
-        """Warmup + measured rounds of one sample; records runs or raises SampleFailed."""
+        """Warmup + measured rounds of one sample; records runs or raises SampleFailed.
+
+        With ``infer.batch_size`` > 1 the sample runs inside its chunk's batch; pytest-benchmark
+        then times nothing (a batch is not one test's work) and the stage timers are the measurement.
+        """
+        if len(self.chunk_of(sample)) > 1:
+            return self._record_measured(sample, stage, None, lambda: self._measure_batch(sample, stage, hooks))
+        return self._record_measured(sample, stage, benchmark, lambda: self._measure_one(sample, stage, hooks, benchmark))
+
+    def _measure_one(self, sample: Sample, stage: str, hooks: ProfilingHooks, benchmark) -> list[ImageRun]:
         warmup, rounds = self.config.infer.warmup_rounds, self.config.infer.rounds
         runs: list[ImageRun] = []
         calls = itertools.count()
@@ -116,6 +172,19 @@ class DsocrSession:
                            round_index=index - warmup if measured else index)
             if measured:
                 runs.append(run)
+
+        if benchmark is not None:
+            benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        # pytest-benchmark switches itself off under xdist (and with --benchmark-disable);
+        # its pedantic then calls one_round once, and this loop runs the remaining rounds.
+        # Either way the stage timers are the measurement.
+        while len(runs) < rounds:
+            one_round()
+        return runs
+
+    def _record_measured(self, sample: Sample, stage: str, benchmark, measure) -> list[ImageRun]:
+        """Run ``measure()`` for the sample's rounds, then record them and write the stage's
+        outputs; a failure (bad page, OOM, a bug) is recorded and raised as SampleFailed."""
 
         def failed(exc: Exception, what: str = "") -> SampleFailed:
             if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -131,14 +200,8 @@ class DsocrSession:
             return SampleFailed(failure)
 
         try:
-            if benchmark is not None:
-                benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup, iterations=1)
-            # pytest-benchmark switches itself off under xdist (and with --benchmark-disable);
-            # its pedantic then calls one_round once, and this loop runs the remaining rounds.
-            # Either way the stage timers are the measurement.
-            while len(runs) < rounds:
-                one_round()
-        except Exception as exc:  # one bad sample (bad page, OOM, a bug) must not end the session
+            runs = measure()
+        except Exception as exc:  # one bad sample must not end the session
             raise failed(exc) from exc
         self.collector.add_runs(runs)  # measured: kept even if writing its outputs fails below
         try:

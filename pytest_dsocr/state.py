@@ -160,7 +160,7 @@ class DsocrState:
         if self._session is None:
             from pytest_dsocr.session import DsocrSession  # loads torch and the model code
 
-            self._session = DsocrSession(self.cfg, self.collector)
+            self._session = DsocrSession(self.cfg, self.collector, self.samples)
         return self._session
 
     # -- SIGTERM ------------------------------------------------------------------------

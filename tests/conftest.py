@@ -23,3 +23,8 @@ def inference_modules_loaded():
     adapter = build_adapter(load_config(), torch.device("cpu"), torch.float32)
     page = min(bundled_pages(), key=lambda p: p.stat().st_size)
     Engine(adapter, DecodePolicy(eos_token_id=adapter.eos_token_id), 1).run(Sample(page, 0, 0, page.stem))
+
+
+def pytest_configure(config):
+    # GPU-only tests carry this marker and skip themselves without CUDA.
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")

@@ -189,10 +189,11 @@ def test_direct_inference_and_parity_stages_run_v2(pytester, inference_modules_l
 
 def test_family_table_puts_each_familys_encoder_side_by_side():
     from pytest_dsocr.report.compare import family_table
+    from pytest_dsocr.report.model import RunMetrics
 
     def run(family, stages):
-        return {"config": {"model": {"family": family, "size": "tiny"}},
-                "aggregates": {"stage_ms": {name: {"p50": ms, "count": 1} for name, ms in stages.items()}}}
+        return RunMetrics.from_json({"config": {"model": {"family": family, "size": "tiny"}},
+                "aggregates": {"stage_ms": {name: {"p50": ms, "count": 1} for name, ms in stages.items()}}})
 
     v1 = run("deepseek_ocr", {"prefill": 40.0, "vision": 30.0, "sam": 20.0, "clip": 8.0, "projector": 1.0,
                               "decode": 50.0})

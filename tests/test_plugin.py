@@ -128,10 +128,25 @@ def test_ini_keys_configure_the_run(stage_dir, tmp_path):
     assert metrics["samples"][0]["tokens"] == 3
 
 
-def test_progress_lines_in_a_long_run_and_none_under_q(stage_dir, tmp_path):
-    stage_dir.makeconftest("import pytest_dsocr.progress as progress\nprogress.START_AFTER_S = 0.0\n")
+def test_progress_lines_in_a_long_run_and_none_under_q(stage_dir, tmp_path, monkeypatch):
+    import pytest_dsocr.progress as progress
+
+    monkeypatch.setattr(progress, "START_AFTER_S", 0.0)  # in-process run: undone after this test
     result = run_direct(stage_dir, tmp_path / "run")
     result.stdout.fnmatch_lines(["pytest-dsocr: 1/2 samples, 0 failed, * samples/s, ETA *",
                                  "pytest-dsocr: 2/2 samples, 0 failed, * samples/s, ETA 0s"])
     quiet = run_direct(stage_dir, tmp_path / "quiet", "-q")
     assert "samples/s" not in quiet.stdout.str()
+
+
+def test_batches_run_through_the_harness(stage_dir, tmp_path):
+    """infer.batch_size=2: the two pages run as one batch; each test records its own page."""
+    run_dir = tmp_path / "run"
+    result = run_direct(stage_dir, run_dir, "--dsocr-set", "infer.batch_size=2")
+    result.assert_outcomes(passed=2)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    samples = metrics["samples"]
+    assert [s["batch_size"] for s in samples] == [2, 2] and len({s["sample_id"] for s in samples}) == 2
+    assert samples[0]["batch_wall_ms"] == samples[1]["batch_wall_ms"] > 0  # one batch, one wall time
+    busy_s = samples[0]["batch_wall_ms"] / 1000
+    assert metrics["aggregates"]["throughput"]["pages_per_s"] == pytest.approx(2 / busy_s)

@@ -170,3 +170,26 @@ def test_report_command(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "pytest_dsocr", "report", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "RUN_DIR=" in missing.stderr and "not a directory" in missing.stderr
+
+
+def test_a_record_json_holds_every_field():
+    from dataclasses import fields
+
+    from pytest_dsocr.records import ImageRun
+
+    run = image_run(0)
+    assert set(run.to_json()) == {f.name for f in fields(ImageRun)} | {"tpot_ms"}
+
+
+def test_batched_pages_count_their_share_of_the_batch_wall_time():
+    import dataclasses
+
+    runs = [dataclasses.replace(image_run(i), batch_size=4, batch_wall_ms=2000.0) for i in range(4)]
+    metrics = build_metrics(runs, [], env={}, config=CONFIG, tree=TREE, complete=True)
+    assert metrics.aggregates.throughput.pages_per_s == pytest.approx(4 / 2.0)  # 4 pages in one 2 s batch
+    from pytest_dsocr.report.running import RunningAggregates
+
+    running = RunningAggregates()
+    for run in runs:
+        running.add(run)
+    assert running.aggregates("direct_inference", []).throughput.pages_per_s == pytest.approx(2.0)

@@ -61,10 +61,14 @@ def inject(request, monkeypatch):
     run_dir = Path(request.config.getoption("--dsocr-run-dir"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     predictions = run_dir / "direct_inference" / "pred" / "predictions.jsonl"
+    from pytest_dsocr.recordlog import read_records
+    log = read_records(run_dir / "records.jsonl")
     seen = {{
         "sample": sample.sample_id, "complete": metrics["complete"], "reason": metrics["reason"],
-        "samples": [s["sample_id"] for s in metrics["samples"]],
-        "failures": [f["sample_id"] for f in metrics["failures"]],
+        "samples": [run.sample_id for run in log.runs],
+        "metrics_samples": [s["sample_id"] for s in metrics["samples"]],
+        "failures": [f.sample_id for f in log.failures],
+        "metrics_failures": [f["sample_id"] for f in metrics["failures"]],
         "predictions": len(predictions.read_text().splitlines()) if predictions.exists() else 0,
         "summary": (run_dir / "stakeholder_summary.md").read_text().splitlines()[2],
         "freed": freed,
@@ -117,11 +121,15 @@ def test_failed_samples_fail_their_tests_and_the_rest_is_measured(pytester, page
         "*e0-p2: RuntimeError: kernel exploded*",
     ])
 
-    # metrics.json, the summary and predictions.jsonl were rewritten after every sample
+    # records.jsonl and predictions.jsonl hold every sample as soon as it ends; metrics.json and
+    # the summary are interim rewrites (throttled) that never hold more than the records
     seen = progress(run_dir)
     assert [s["sample"] for s in seen] == list(PAGES)
     assert [(s["samples"], s["failures"]) for s in seen] == [
         ([], ["p1"]), ([], ["p1", "p2"]), (["p3"], ["p1", "p2"])]
+    for s in seen:
+        assert s["metrics_samples"] == s["samples"][:len(s["metrics_samples"])]
+        assert s["metrics_failures"] == s["failures"][:len(s["metrics_failures"])]
     assert all(s["complete"] is False and s["reason"] == "still running" for s in seen)
     assert all("**Run incomplete** (still running)" in s["summary"] for s in seen)
     assert [s["predictions"] for s in seen] == [0, 0, 1]

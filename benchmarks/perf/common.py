@@ -7,6 +7,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pytest_dsocr.config import load_config
@@ -14,8 +15,13 @@ from pytest_dsocr.data.pages import bundled_pages
 from pytest_dsocr.decoding import DecodePolicy
 from pytest_dsocr.env import resolve_device
 from pytest_dsocr.models import resolve_dtype
-from pytest_dsocr.records import Sample
 from pytest_dsocr.session import build_adapter
+from pytest_dsocr.records import Sample
+from pytest_dsocr.report.stats import percentile_interval, resample_statistic
+
+CI_LEVEL = 0.95
+N_BOOT = 2000
+SEED = 0
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,3 +61,40 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
 def spread(values: list[float]) -> str:
     """min / median / max, the way every perf table here prints a figure."""
     return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """Median and its 95 % bootstrap interval."""
+    array = np.asarray(values, dtype=np.float64)
+    resampled = resample_statistic(array, np.median, N_BOOT, np.random.default_rng(SEED))
+    low, high = percentile_interval(resampled, CI_LEVEL)
+    return float(np.median(array)), low, high
+
+
+def ratio_interval(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Ratio of medians and its 95 % bootstrap interval.
+
+    Arms measured in the same repeats (interleaved) are resampled as pairs, so slow spells that hit
+    both arms cancel; unequal counts are resampled independently.
+    """
+    a, b = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    ratio = float(np.median(a) / np.median(b))
+    rng = np.random.default_rng(SEED)
+    if len(a) == len(b):
+        idx = rng.integers(0, len(a), size=(N_BOOT, len(a)))
+        resampled = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    else:
+        resampled = (resample_statistic(a, np.median, N_BOOT, rng) / resample_statistic(b, np.median, N_BOOT, rng))
+    low, high = percentile_interval(resampled, CI_LEVEL)
+    return ratio, low, high
+
+
+def fmt_interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def judge(low: float, high: float, goal: float, at_most: bool) -> str:
+    """MET when the whole 95 % interval meets the goal, MISSED when none of it does, else within noise."""
+    if at_most:
+        return "MET" if high <= goal else "MISSED" if low > goal else "within noise"
+    return "MET" if low >= goal else "MISSED" if high < goal else "within noise"

@@ -42,6 +42,7 @@ from pytest_dsocr.errors import DsocrError
 log = logging.getLogger(__name__)
 
 PAPER_WHITE = (255, 255, 255)
+GREY_MODE = "L"  # 8-bit grey: Pillow's RGB form repeats the value in each channel
 # Modes Pillow converts to RGB correctly without help.
 DIRECT_RGB_MODES = frozenset({"RGB", "RGBX", "YCbCr", "HSV", "CMYK", "L", "1"})
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
@@ -49,8 +50,12 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 SIXTEEN_BIT_TO_EIGHT = 257  # 65535 / 255: maps the 16-bit range exactly onto 0..255
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` completely and return an RGB image with EXIF orientation applied."""
+def load_image(path: str | Path, keep_grey: bool = False) -> Image.Image:
+    """Decode ``path`` completely and return an RGB image with EXIF orientation applied.
+
+    ``keep_grey``: an 8-bit grey page stays in mode ``L`` (a third of the bytes to move); its
+    RGB form, which the caller builds, repeats the grey value in each channel, as Pillow's.
+    """
     path = Path(path)
     if not path.exists():
         raise DsocrError(f"image {path}: file not found")
@@ -58,7 +63,10 @@ def load_image(path: str | Path) -> Image.Image:
         raise DsocrError(f"image {path}: not a regular file")
     if path.stat().st_size == 0:
         raise DsocrError(f"image {path}: file is empty (0 bytes)")
-    return to_rgb(_decode(path), path)
+    image = _decode(path)
+    if keep_grey and image.mode == GREY_MODE:
+        return image
+    return to_rgb(image, path)
 
 
 def _decode(path: Path) -> Image.Image:

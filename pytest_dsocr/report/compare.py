@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.families import ALL_STAGES
+from pytest_dsocr.families import stage_tree
 from pytest_dsocr.report.gate import (
     DEFAULT_MIN_SAMPLES,
     DEFAULT_THRESHOLD,
@@ -22,7 +22,7 @@ from pytest_dsocr.report.gate import (
 from pytest_dsocr.report.markdown import MISSING, RATE_DIGITS, RATIO_DIGITS, fmt, table
 from pytest_dsocr.report.metrics import read_metrics
 from pytest_dsocr.report.model import RunMetrics
-from pytest_dsocr.stages import LATENCY_METRICS
+from pytest_dsocr.stages import LATENCY_METRICS, merge_trees
 
 HELP = "compare two saved runs stage by stage (regression table; exit 1 on a regression)"
 EXIT_OK, EXIT_REGRESSION = 0, 1
@@ -65,8 +65,9 @@ def family_table(run_a: RunMetrics, run_b: RunMetrics) -> str:
     """Side by side medians of two runs of different model families: no ratios judged, no verdicts."""
     label_a, label_b = _label(run_a, "A"), _label(run_b, "B")
     stages_a, stages_b = run_a.aggregates.stage_ms, run_b.aggregates.stage_ms
-    # Every family's stages in pipeline order: each family's vision encoder beside the other's.
-    names = [name for name in ALL_STAGES.order if name in stages_a or name in stages_b]
+    # Both families' stages in pipeline order (run A's order first): each vision encoder beside the other's.
+    order = merge_trees([stage_tree(run_a.model.get("family")), stage_tree(run_b.model.get("family"))]).order
+    names = [name for name in order if name in stages_a or name in stages_b]
     names += [name for name in (*stages_a, *stages_b) if name not in names]
     rows = []
     for name in dict.fromkeys(names):

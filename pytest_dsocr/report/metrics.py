@@ -23,7 +23,8 @@ profiler overhead never leaks into the headline numbers):
 - ``sequence_lengths.{input, output, image}``: prompt length (image tokens included),
   generated tokens, image tokens, per run.
 - ``throughput``: sums over runs divided by the summed end-to-end time of the runs of each
-  worker; the rates of concurrent workers add up. ``pages_per_s`` (vLLM's
+  worker (a batched page counts its share of the batch's wall time); the rates of concurrent
+  workers add up. ``pages_per_s`` (vLLM's
   request_throughput), ``output_tokens_per_s`` (generated text tokens, vLLM's
   output_throughput), ``image_tokens_per_s`` (vision tokens fed to the decoder),
   ``prompt_tokens_per_s`` (text prompt tokens: prompt length minus image tokens),
@@ -255,7 +256,7 @@ def _throughput(runs: Sequence[ImageRun]) -> Throughput:
         by_worker.setdefault(run.worker, []).append(run)
     for worker_runs in by_worker.values():
         counted = _token_totals(worker_runs)
-        seconds = sum(run.preprocess_ms + run.prefill_ms + run.decode_ms for run in worker_runs) / MS_PER_S
+        seconds = sum(run.busy_ms for run in worker_runs) / MS_PER_S
         busy_s += seconds
         for key, value in counted.items():
             totals[key] += value

@@ -79,7 +79,7 @@ class RunningAggregates:
         totals.stat("input", "tokens").add(run.prefill_len)
         totals.stat("image", "tokens").add(run.image_tokens)
         sums = totals.worker_sums.setdefault(run.worker, [0.0, 0, 0, 0, 0])
-        sums[0] += values["e2e"] / MS_PER_S
+        sums[0] += run.busy_ms / MS_PER_S
         sums[1] += 1
         sums[2] += run.tokens
         sums[3] += run.image_tokens

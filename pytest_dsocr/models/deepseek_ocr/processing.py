@@ -204,6 +204,45 @@ def _encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def check_prompt(prompt: str) -> str:
+    """The formatted prompt text; DsocrError unless it holds exactly one ``<image>``."""
+    text = build_dsocr_prompt(prompt)
+    if text.count(IMAGE_TOKEN) != 1:
+        raise DsocrError(
+            f"prompt {prompt!r} must contain exactly one {IMAGE_TOKEN} (it has "
+            f"{text.count(IMAGE_TOKEN)}); e.g. {DEFAULT_PROMPT!r}"
+        )
+    return text
+
+
+def prompt_layout(
+    tokenizer, spec: DeepseekOCRSpec, text: str, base_size: int, image_size: int, grid: tuple[int, int]
+) -> tuple[list[int], list[bool], int]:
+    """Token ids ``BOS, text, image tokens, text`` (no EOS), the image-token mask and the image-token count."""
+    before, after = text.split(IMAGE_TOKEN)
+    before_ids, after_ids = _encode_text(tokenizer, before), _encode_text(tokenizer, after)
+    num_image_tokens = image_token_count(spec, base_size, image_size, grid)
+    ids = [spec.bos_token_id, *before_ids, *[spec.image_token_id] * num_image_tokens, *after_ids]
+    mask = [False] * (1 + len(before_ids)) + [True] * num_image_tokens + [False] * len(after_ids)
+    return ids, mask, num_image_tokens
+
+
+def assemble_inputs(
+    ids: list[int], mask: list[bool], crops: torch.Tensor, global_view: torch.Tensor,
+    grid: tuple[int, int], num_image_tokens: int, device: torch.device | str,
+) -> PreparedInputs:
+    """PreparedInputs from a prompt layout and the pixel tensors (already on their device and dtype)."""
+    return PreparedInputs(
+        input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+        images=[(crops, global_view)],
+        images_seq_mask=torch.tensor([mask], dtype=torch.bool, device=device),
+        images_spatial_crop=torch.tensor([list(grid)], dtype=torch.long, device=device),
+        crop_grid=grid,
+        num_image_tokens=num_image_tokens,
+        prompt_len=len(ids),
+    )
+
+
 def prepare_inputs(
     image: Image.Image,
     tokenizer,
@@ -225,12 +264,7 @@ def prepare_inputs(
         raise DsocrError(f"image {image!r} is not a non-empty PIL image")
     _check_view_size("base_size", base_size)
     _check_view_size("image_size", image_size)
-    text = build_dsocr_prompt(prompt)
-    if text.count(IMAGE_TOKEN) != 1:
-        raise DsocrError(
-            f"prompt {prompt!r} must contain exactly one {IMAGE_TOKEN} (it has "
-            f"{text.count(IMAGE_TOKEN)}); e.g. {DEFAULT_PROMPT!r}"
-        )
+    text = check_prompt(prompt)
     if image.mode != "RGB":
         image = image.convert("RGB")
 
@@ -241,19 +275,6 @@ def prepare_inputs(
     else:
         crops = torch.zeros(1, 3, image_size, image_size)
 
-    before, after = text.split(IMAGE_TOKEN)
-    before_ids, after_ids = _encode_text(tokenizer, before), _encode_text(tokenizer, after)
-    num_image_tokens = image_token_count(spec, base_size, image_size, grid)
-    ids = [spec.bos_token_id, *before_ids, *[spec.image_token_id] * num_image_tokens, *after_ids]
-    mask = [False] * (1 + len(before_ids)) + [True] * num_image_tokens + [False] * len(after_ids)
-
-    prepared = PreparedInputs(
-        input_ids=torch.tensor([ids], dtype=torch.long),
-        images=[(crops, global_view)],
-        images_seq_mask=torch.tensor([mask], dtype=torch.bool),
-        images_spatial_crop=torch.tensor([list(grid)], dtype=torch.long),
-        crop_grid=grid,
-        num_image_tokens=num_image_tokens,
-        prompt_len=len(ids),
-    )
+    ids, mask, num_image_tokens = prompt_layout(tokenizer, spec, text, base_size, image_size, grid)
+    prepared = assemble_inputs(ids, mask, crops, global_view, grid, num_image_tokens, "cpu")
     return prepared.to(device, dtype)

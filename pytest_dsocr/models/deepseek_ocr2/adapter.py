@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from pytest_dsocr.decoding import DecodePolicy
+from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models import build_model
 from pytest_dsocr.models.decode_steps import DecodeSteps
 from pytest_dsocr.models.deepseek_ocr2.processing import (
@@ -39,7 +40,8 @@ class DeepseekOCR2Adapter(DecodeSteps):
     substages = SUBSTAGES
 
     def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str,
-                 decode_backend: str = "eager") -> None:
+                 decode_backend: str = "eager", *, preprocess_device: str = "cpu",
+                 vision_backend: str = "eager", prefill_backend: str = "eager") -> None:
         self.spec = SPECS[model_cfg.size]
         self.device = device
         self.dtype = dtype
@@ -53,6 +55,13 @@ class DeepseekOCR2Adapter(DecodeSteps):
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
         self.init_decode_backend(decode_backend)
+        if preprocess_device != "cpu":
+            raise DsocrError(f"infer.preprocess_device={preprocess_device}: DeepSeek-OCR-2 preprocesses with "
+                             "transformers' processor on the host; use infer.preprocess_device=cpu")
+        if vision_backend != "eager":
+            raise DsocrError(f"infer.vision_backend={vision_backend}: only DeepSeek-OCR v1 has a compiled vision "
+                             "path; use infer.vision_backend=eager")
+        self.init_fast_paths("eager", prefill_backend)
 
     def substage_modules(self) -> list[tuple[str, torch.nn.Module]]:
         inner = self.model.model
@@ -69,13 +78,16 @@ class DeepseekOCR2Adapter(DecodeSteps):
         features = self.model.model.get_image_features(**prepared.model_kwargs(), return_dict=True)
         return torch.cat(features.pooler_output, dim=0)
 
-    def prefill(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+    def prompt_embeds(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The prompt's token embeddings with the image features scattered in: [1, L, D]."""
         inner = self.model.model
         inputs_embeds = inner.get_input_embeddings()(prepared.input_ids)
         image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
         mask = inner.get_placeholder_mask(prepared.input_ids, inputs_embeds, image_embeds)
-        inputs_embeds = inputs_embeds.masked_scatter(mask, image_embeds)
-        return self.prefill_embeds(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, image_embeds)
+
+    def prefill(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        return self.prefill_embeds(self.prompt_embeds(prepared, image_embeds))
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the processor's inputs: the reference path for parity."""
