@@ -252,7 +252,10 @@ def dsocr_measure(dsocr_session, request: pytest.FixtureRequest):
         try:
             return dsocr_session.measure(sample, stage=stage, hooks=hooks or NO_HOOKS, benchmark=benchmark)
         except SampleFailed as exc:
-            pytest.fail(f"{sample.test_id}: {exc.failure.error}", pytrace=False)
+            failure = exc.failure
+        # Failed outside the except block, so pytest prints this one line and not the chain that
+        # led here (the chain is in the failure record and report.md).
+        pytest.fail(f"{sample.test_id}: {failure.error}", pytrace=False)
 
     return measure
 
