@@ -1,8 +1,9 @@
 """Stage torch_profiler: each sampled page through the engine under torch.profiler.
 
 Writes <run>/torch_profiler/operators.md, stage_operators.md, operators.json, trace.json.gz,
-pred/ and viz/ (pipeline.torch_profiler.output), and the metrics.json sections torch_profiler
-and profiler_overhead. Runs with --dsocr-profiler=torch, on the CPU too.
+pred/ (and viz/ with --dsocr-set output/torch=full: pipeline.torch_profiler.output), and the
+metrics.json sections torch_profiler and profiler_overhead. Runs with --dsocr-profiler=torch, on
+the CPU too.
 """
 
 import pytest

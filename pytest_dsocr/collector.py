@@ -12,6 +12,10 @@ metrics.json and the stakeholder summary are rewritten from cheap running aggreg
 Under pytest-xdist a worker's collector (``worker`` set) keeps its records file and interim
 metrics.json in ``<run>/workers/<id>/`` and stamps its id on every record; the controller
 concatenates the workers' records (:mod:`pytest_dsocr.xdist`).
+
+The run dir also gets ``resolved_config.yaml`` (the whole resolved config, written with the
+first record and again at the end; report.md links it rather than printing it) and, at the
+end, ``viz/index.md`` and ``viz/index.json`` in every stage's visualization folder.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pytest_dsocr.atomic import atomic_write_text
+from pytest_dsocr.outputs.writers import write_viz_indexes
 from pytest_dsocr.recordlog import END, FAILURE, RECORDS_FILE, RUN, SECTION, SESSION, SUMMARY_SECTION, RecordLog
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.metrics import INTERIM_SAMPLES, build_metrics, now_utc, write_metrics
@@ -38,6 +45,9 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "stakeholder_summary.md"
 REPORT_FILE = "report.md"
+RESOLVED_CONFIG_FILE = "resolved_config.yaml"
+RESOLVED_CONFIG_HEADER = ("# The resolved configuration of this run: schema defaults, presets, config file and\n"
+                          "# --dsocr-set overrides applied (metrics.json `config` holds the same).\n")
 RUNNING = "still running"  # the reason of every write before the session ends
 INTERIM_INTERVAL_S = 2.0  # interim metrics.json/summary rewrites at most this often
 
@@ -72,6 +82,10 @@ class Collector:
         self.records: list[ImageRun] = []
         self.failures: list[SampleFailure] = []
         self.sections: dict[str, Any] = {}
+        # Sections recorded with the first sample (run or failure): what the samples came from
+        # (the dataset), never written by a session that measures nothing.
+        self.sample_sections: dict[str, Any] = {}
+        self._sample_sections_recorded = False
         self.summary_sections: dict[str, str] = {}
         # RunMetrics -> RunMetrics before every write (the xdist controller completes env/memory)
         self.transforms: list[MetricsTransform] = []
@@ -122,9 +136,20 @@ class Collector:
                 "config": self.config, "env": self.env, "counts": self.counts, "identity": self.identity,
                 "worker": self.worker_label, "stage_tree": list(self.tree.vision_parts) if self.tree else None,
             })
+            if self.worker is None:
+                write_resolved_config(self.run_dir, self.config)
         self._log.append(kind, payload)
 
+    def _record_sample_sections(self) -> None:
+        if self._sample_sections_recorded:
+            return
+        self._sample_sections_recorded = True
+        for name, data in self.sample_sections.items():
+            self._record(SECTION, {"name": name, "data": data})
+            self.sections[name] = data
+
     def add_runs(self, runs: Sequence[ImageRun]) -> None:
+        self._record_sample_sections()
         label = self.worker_label
         for run in runs:
             if label is not None:
@@ -136,6 +161,7 @@ class Collector:
         self.flush()
 
     def add_failure(self, failure: SampleFailure) -> None:
+        self._record_sample_sections()
         self._record(FAILURE, failure.to_json())
         self.failures.append(failure)
         self._attempts.add((failure.epoch, failure.sample_id))
@@ -250,8 +276,16 @@ class Collector:
             write_metrics(self.metrics_dir, metrics, hooks=self.json_hooks)
             return metrics
         run_dir = self.run_dir
+        write_resolved_config(run_dir, self.config)
+        write_viz_indexes(run_dir, self.config)
         metrics = metrics.with_sections(plots=write_plots(metrics, run_dir))
         write_metrics(run_dir, metrics, hooks=self.json_hooks)
         self.rewrite_summary(metrics)
         atomic_write_text(run_dir / REPORT_FILE, render_report(metrics, list(self.summary_sections.items())))
         return metrics
+
+
+def write_resolved_config(run_dir: Path, config: dict) -> Path:
+    """``<run>/resolved_config.yaml``: the config report.md links instead of printing it."""
+    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return atomic_write_text(Path(run_dir) / RESOLVED_CONFIG_FILE, RESOLVED_CONFIG_HEADER + text)

@@ -11,6 +11,7 @@ model is built.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pytest_dsocr.analytic.config import StaticAnalysisConfig, SweepConfig
-from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
+from pytest_dsocr.data.config import DatasetConfig, validate_dataset_config, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import DEFAULT_FAMILY, FAMILY_NAMES, family
@@ -57,6 +58,10 @@ GROUP_TARGETS: dict[str, str] = {
 }
 # `hardware=NAME` chooses a table in conf/hardware/ by name rather than merging a preset.
 HARDWARE_GROUP = "hardware"
+# How to quote a --dsocr-set value that YAML cannot read as it stands (``*`` starts an alias,
+# ``&`` an anchor, ``!`` a tag, ``%`` a directive, ``@`` and a backquote are reserved).
+QUOTING_HELP = ("quote the value for YAML inside the shell's quotes, e.g. "
+                "--dsocr-set \"dataset.patterns=['*.gif', '*.png']\" or --dsocr-set \"key='*text'\"")
 
 
 @dataclass
@@ -77,8 +82,8 @@ class ModelConfig:
 class InferConfig:
     max_new_tokens: Any = 64  # integer >= 1, or "inf": decode until EOS (bounded by the context)
     temperature: float = 0.0  # 0 = greedy, as the vendor decodes
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
+    top_p: Optional[float] = None  # nucleus sampling, 0 < top_p <= 1; only with temperature > 0
+    top_k: Optional[int] = None  # keep the k most likely tokens, k >= 1; only with temperature > 0
     no_repeat_ngram_size: int = 20  # the vendor's default
     prompt: str = DEFAULT_PROMPT
     warmup_rounds: int = 1  # unmeasured inferences per sample before the measured rounds
@@ -248,6 +253,11 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     for item in dotted:
         try:
             parsed = OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as exc:  # OmegaConf parses each value as YAML and lets its errors through
+            key = item.split("=", 1)[0].strip()
+            problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise DsocrError(f"--dsocr-set {item!r}: the value of {key} is not valid YAML ({problem}); "
+                             f"{QUOTING_HELP}") from None
         except OmegaConfBaseException as exc:
             raise DsocrError(f"--dsocr-set {item!r}: cannot parse ({exc})") from None
         cfg = _merge(cfg, parsed, f"--dsocr-set {item}")
@@ -291,14 +301,14 @@ def validate(cfg: DictConfig) -> None:
     if not 2 <= model.max_crops <= 9:
         raise DsocrError(f"model.max_crops={model.max_crops}: must be between 2 and 9")
     parse_max_new_tokens(infer.max_new_tokens)
-    if infer.temperature < 0:
-        raise DsocrError(f"infer.temperature={infer.temperature}: must be >= 0")
+    validate_sampling_values(infer)
     if infer.no_repeat_ngram_size < 0:
         raise DsocrError(f"infer.no_repeat_ngram_size={infer.no_repeat_ngram_size}: must be >= 0")
     if infer.warmup_rounds < 0:
         raise DsocrError(f"infer.warmup_rounds={infer.warmup_rounds}: must be >= 0")
     if infer.rounds < 1:
         raise DsocrError(f"infer.rounds={infer.rounds}: must be >= 1")
+    validate_dataset_config(cfg.dataset)
     validate_sampling_config(cfg.dataset.sampling)
     for stage in (f.name for f in fields(PipelineConfig)):  # the stages that write outputs
         validate_stage_output_config(cfg.pipeline[stage].output, prefix=f"pipeline.{stage}.output")
@@ -311,6 +321,29 @@ def validate(cfg: DictConfig) -> None:
                              f"(known: {', '.join(hardware_names())})")
     if model.path is not None:
         check_model_path(model.path)
+
+
+def validate_sampling_values(infer: InferConfig) -> None:
+    """temperature, top_p and top_k as transformers' warpers accept them, checked here so a bad
+    value stops the run before any model is built instead of failing every sample later.
+
+    ``nan`` and ``inf`` are refused (``inf`` would sample uniformly, ``nan`` poisons every
+    probability); top_p and top_k act only when sampling, so setting them with greedy decoding
+    (temperature 0) is an error rather than a setting silently ignored.
+    """
+    temperature = infer.temperature
+    if not math.isfinite(temperature) or temperature < 0:
+        raise DsocrError(f"infer.temperature={temperature}: must be a finite number >= 0 (0 = greedy)")
+    if infer.top_p is not None and not (math.isfinite(infer.top_p) and 0.0 < infer.top_p <= 1.0):
+        raise DsocrError(f"infer.top_p={infer.top_p}: must lie in (0, 1] (1 keeps every token)")
+    if infer.top_k is not None and infer.top_k < 1:
+        raise DsocrError(f"infer.top_k={infer.top_k}: must be an integer >= 1")
+    if temperature == 0:
+        for key in ("top_p", "top_k"):
+            value = getattr(infer, key)
+            if value is not None:
+                raise DsocrError(f"infer.{key}={value}: has no effect with greedy decoding "
+                                 f"(infer.temperature=0); set infer.temperature > 0 to sample, or drop infer.{key}")
 
 
 def check_model_path(path: str) -> Path:

@@ -47,6 +47,8 @@ def collect_env(device: torch.device | None = None, root: Path | None = None) ->
         "transformers": transformers.__version__,
         "pytest_dsocr": pytest_dsocr.__version__,
         "cpu_count": os.cpu_count(),
+        # the machine's load when the first result is recorded: the summary names a loaded machine
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
         "argv": sys.argv,

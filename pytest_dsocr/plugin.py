@@ -89,14 +89,19 @@ def activate(config: pytest.Config) -> DsocrState:
         return state
     # Imported here, not at the top: a session that never uses pytest-dsocr must not pay for
     # (or be changed by) the config, data and report modules behind the state.
+    from pytest_dsocr.notes import SessionNotes
     from pytest_dsocr.state import DsocrState
 
+    notes = SessionNotes()
+    notes.install()  # first: warnings of loading the config and finding the images count too
     try:
-        state = DsocrState(config)
+        state = DsocrState(config, notes)
     except DsocrError as exc:
+        notes.uninstall()
         raise pytest.UsageError(f"pytest-dsocr: {exc}") from None
     config.stash[STATE_KEY] = state
     config.pluginmanager.register(StopWatch(state), "dsocr-stop-watch")
+    config.pluginmanager.register(notes, "dsocr-notes")
     if state.is_controller:
         from pytest_dsocr.xdist import XdistController
 
@@ -147,6 +152,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
     if state is not None:
         state.restore_sigterm()
+        state.notes.uninstall()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -252,7 +258,10 @@ def dsocr_measure(dsocr_session, request: pytest.FixtureRequest):
         try:
             return dsocr_session.measure(sample, stage=stage, hooks=hooks or NO_HOOKS, benchmark=benchmark)
         except SampleFailed as exc:
-            pytest.fail(f"{sample.test_id}: {exc.failure.error}", pytrace=False)
+            failure = exc.failure
+        # Failed outside the except block, so pytest prints this one line and not the chain that
+        # led here (the chain is in the failure record and report.md).
+        pytest.fail(f"{sample.test_id}: {failure.error}", pytrace=False)
 
     return measure
 
@@ -349,13 +358,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"summary: {state.run_dir / 'nsys' / 'summary.md'}")
         terminalreporter.write_line(f"run dir: {state.run_dir}")
         return
-    if state.worker is not None or not state.has_data:
+    if state.worker is not None or (not state.has_data and state.notes.empty):
         return
     from pytest_dsocr.report.summary import render_terminal_summary
 
     terminalreporter.section("pytest-dsocr")
     if state.final_metrics is not None:
         terminalreporter.write_line(render_terminal_summary(state.final_metrics))
+    for line in state.notes.lines():  # skip reasons and warnings, shown without -rs or log options
+        terminalreporter.write_line(line, yellow=True)
+    if not state.has_data:
+        return  # nothing measured: no run dir was made
     terminalreporter.write_line(f"run dir: {state.run_dir}")
     if state.xdist is not None and state.xdist.gpus:
         terminalreporter.write_line("xdist workers: " + ", ".join(

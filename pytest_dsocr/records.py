@@ -118,13 +118,20 @@ class SampleFailure:
     stage: str
     error: str  # one line naming the input and what went wrong
     error_type: str = "DsocrError"
+    # The exception chain behind ``error``, root cause first, one "Type: message (file:line in
+    # function)" line per exception: for report.md; the terminal shows ``error`` alone.
+    chain: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["chain"] = list(self.chain)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SampleFailure:
-        return cls(**{key: value for key, value in data.items() if key in _FAILURE_FIELDS})
+        values = {key: value for key, value in data.items() if key in _FAILURE_FIELDS}
+        values["chain"] = tuple(values.get("chain") or ())
+        return cls(**values)
 
 
 _IMAGE_RUN_FIELDS = frozenset(f.name for f in fields(ImageRun))

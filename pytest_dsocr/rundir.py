@@ -12,11 +12,17 @@
 - Under pytest-xdist each worker writes its partial records to ``<run>/workers/<id>/``,
   reserved the same way (a restarted worker that reuses the id of a crashed one gets
   ``<id>-2``, so the crashed worker's records stay).
+- Writability is probed when the session starts, before any model is built
+  (:func:`check_writable`): the explicit run dir, or the nearest existing folder of
+  ``run.root`` (the default run dir itself is made only when the first sample is recorded).
+  The probe writes a temporary folder and removes it again, because permission bits do not
+  tell (root ignores them; a read-only mount does not show in them).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +53,7 @@ def new_run_dir(root: Path, explicit: str | Path | None = None, option: str = "-
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DsocrError(f"{option}={explicit}: cannot create {path} ({exc.strerror})") from None
+        check_writable(path, f"{option}={explicit}")
         return path
     stamp = time.strftime(TIMESTAMP_FORMAT)
     try:
@@ -54,6 +61,23 @@ def new_run_dir(root: Path, explicit: str | Path | None = None, option: str = "-
     except OSError as exc:
         raise DsocrError(f"run.root={root}: cannot create it ({exc.strerror})") from None
     return _exclusive_dir(root, stamp, f"run.root={root}")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """DsocrError naming ``what`` unless a folder can be made in ``path`` or, when it does not
+    exist yet, in its nearest existing parent (which must be a directory); leaves nothing behind."""
+    path = Path(os.path.abspath(path))
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DsocrError(f"{what}: cannot create {path}: {existing} is not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".dsocr-write-probe-", dir=existing)
+    except OSError as exc:
+        raise DsocrError(f"{what}: cannot write in {existing} ({exc.strerror}); "
+                         "choose a writable folder") from None
+    os.rmdir(probe)
 
 
 def new_worker_dir(run_dir: Path, worker: str) -> Path:

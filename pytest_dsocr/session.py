@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import statistics
 import traceback
 from collections.abc import Sequence
@@ -64,6 +65,26 @@ def describe_error(exc: BaseException) -> str:
     """One line for metrics.json and the test report."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return text if isinstance(exc, DsocrError) else f"{type(exc).__name__}: {text}"
+
+
+def describe_chain(exc: BaseException) -> tuple[str, ...]:
+    """The exceptions behind ``exc`` (causes and contexts Python would print), root cause first,
+    one line each with the place it was raised: report.md shows them, the terminal only ``exc``."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    lines = []
+    for error in reversed(chain):
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        line = f"{type(error).__name__}: {text}"
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames:
+            last = frames[-1]
+            line += f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+        lines.append(line)
+    return tuple(lines)
 
 
 class DsocrSession:
@@ -195,7 +216,7 @@ class DsocrSession:
                 torch.cuda.empty_cache()
             failure = SampleFailure(sample_id=sample.sample_id, image_path=str(sample.image_path),
                                     epoch=sample.epoch, stage=stage, error=what + describe_error(exc),
-                                    error_type=type(exc).__name__)
+                                    error_type=type(exc).__name__, chain=describe_chain(exc))
             self.collector.add_failure(failure)
             return SampleFailed(failure)
 

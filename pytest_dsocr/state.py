@@ -19,17 +19,18 @@ import pytest
 
 from pytest_dsocr.collector import Collector
 from pytest_dsocr.config import load_config, to_container
-from pytest_dsocr.data.datasets import discover_images
+from pytest_dsocr.data.datasets import DatasetScan, scan_dataset
 from pytest_dsocr.data.sampling import sample_images
 from pytest_dsocr.env import collect_env, peak_memory
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import stage_tree
+from pytest_dsocr.notes import SessionNotes
 from pytest_dsocr.parity import warn_if_no_boxes
 from pytest_dsocr.profilers import PROFILERS
 from pytest_dsocr.records import Sample
 from pytest_dsocr.report.gate import GateResult, run_gate
 from pytest_dsocr.report.model import RunMetrics
-from pytest_dsocr.rundir import new_run_dir, remove_if_empty
+from pytest_dsocr.rundir import check_writable, new_run_dir, remove_if_empty
 from pytest_dsocr.xdist_setup import RUN_DIR_KEY, is_controller, worker_id, worker_input
 
 if TYPE_CHECKING:  # annotations only: the session module loads torch and the model code
@@ -63,8 +64,9 @@ def parse_profiler(value: str | None) -> str:
 class DsocrState:
     """Everything pytest-dsocr keeps for one pytest session (or one xdist worker)."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, notes: SessionNotes | None = None) -> None:
         self.pytest_config = config
+        self.notes = notes if notes is not None else SessionNotes()  # skip reasons and warnings to report
         self.worker: str | None = worker_id(config)  # "gw0", ... in an xdist worker
         self.worker_run_dir: str | None = worker_input(config, RUN_DIR_KEY)
         self.is_controller = is_controller(config)
@@ -87,12 +89,15 @@ class DsocrState:
         self.nsys_relaunch: NsysRelaunch | None = None
         self._run_dir: Path | None = None
         self._samples: list[Sample] | None = None
+        self._dataset: DatasetScan | None = None
         self._session: DsocrSession | None = None
         self._collector: Collector | None = None
         self._previous_sigterm: Any = None
         self._sigterm_installed = False
         if self.explicit_run_dir is not None and self.worker is None:
-            self.run_dir  # refuse an existing run dir before anything runs
+            self.run_dir  # refuse an existing or unwritable run dir before anything runs
+        elif self.worker_run_dir is None:
+            check_writable(self.run_root, f"run.root={self.cfg.run.root}")  # made at the first sample
 
     # -- the run dir ----------------------------------------------------------------------
 
@@ -111,21 +116,24 @@ class DsocrState:
             if self.worker_run_dir:  # an xdist worker writes into the controller's run
                 self._run_dir = Path(self.worker_run_dir)
                 return self._run_dir
-            root = Path(self.cfg.run.root)
-            if not root.is_absolute():
-                root = Path(self.pytest_config.rootpath) / root
-            self._run_dir = new_run_dir(root, self.explicit_run_dir,
+            self._run_dir = new_run_dir(self.run_root, self.explicit_run_dir,
                                         base_dir=Path(self.pytest_config.invocation_params.dir))
             self.created_run_dir = True
         return self._run_dir
+
+    @property
+    def run_root(self) -> Path:
+        """``run.root`` as a path: relative to the pytest rootdir."""
+        root = Path(self.cfg.run.root)
+        return root if root.is_absolute() else Path(self.pytest_config.rootpath) / root
 
     # -- what the session measures ------------------------------------------------------
 
     @property
     def samples(self) -> list[Sample]:
         if self._samples is None:
-            images = discover_images(self.cfg.dataset, base_dir=Path(self.pytest_config.invocation_params.dir))
-            self._samples = sample_images(images, self.cfg.dataset.sampling)
+            self._dataset = scan_dataset(self.cfg.dataset, base_dir=Path(self.pytest_config.invocation_params.dir))
+            self._samples = sample_images(list(self._dataset.images), self.cfg.dataset.sampling)
         return self._samples
 
     @property
@@ -151,6 +159,7 @@ class DsocrState:
                       "samples": len(self.samples)}
             self._collector = Collector(lambda: self.run_dir, self.config_dict, env, memory, counts,
                                         worker=self.worker, tree=stage_tree(self.cfg.model.family))
+            self._collector.sample_sections["dataset"] = self._dataset.section()
             hook = self.pytest_config.hook.pytest_dsocr_update_metrics
             self._collector.json_hooks.append(lambda metrics: hook(config=self.pytest_config, metrics=metrics))
         return self._collector
@@ -238,8 +247,10 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
     if reason is None and state.xdist is not None:
         reason = state.xdist.reason()
     collector = state.collector
+    warn_if_no_boxes([run.text_raw for run in collector.records])  # before the notes are written
+    if not state.notes.empty:
+        collector.add_section("notes", state.notes.section())
     metrics = collector.finish(complete=reason is None, reason=reason)
-    warn_if_no_boxes([run.text_raw for run in collector.records])
     state.final_metrics = metrics
     if state.worker is not None or not state.baseline:
         return  # a worker: the controller gates and reports the merged run

@@ -59,7 +59,15 @@ from pytest_dsocr.report.workers import (
 )
 from pytest_dsocr.state import finish_run
 from pytest_dsocr.stages import BENCHMARK_STAGES
-from pytest_dsocr.xdist_setup import ANY_GPU_DEVICES, GPU_KEY, RUN_DIR_KEY, assign_gpus, visible_gpus
+from pytest_dsocr.xdist_setup import (
+    ANY_GPU_DEVICES,
+    GPU_KEY,
+    RUN_DIR_KEY,
+    assign_gpus,
+    oversubscription_warning,
+    usable_cores,
+    visible_gpus,
+)
 
 try:
     import fcntl
@@ -154,6 +162,9 @@ class XdistController:
         device = str(self.state.cfg.model.device)
         gpus = visible_gpus() if device in ANY_GPU_DEVICES else []
         self.gpus = assign_gpus(specs, gpus, device)
+        warning = oversubscription_warning(len(specs), usable_cores())
+        if warning:
+            log.warning(warning)  # the session's notes: terminal section and metrics.json
         if self.gpus:
             log.info("pytest-dsocr: one GPU per xdist worker: %s",
                      ", ".join(f"{w}={g}" for w, g in self.gpus.items()))

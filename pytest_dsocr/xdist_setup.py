@@ -92,6 +92,26 @@ def visible_gpus(environ: Mapping[str, str] | None = None,
     return [str(index) for index in range(device_count())]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def oversubscription_warning(workers: int, cores: int) -> str | None:
+    """One line when ``-n`` starts more workers than there are CPU cores, else None.
+
+    Each worker runs its own model; beyond one worker per core they take turns on the cores,
+    so pages/s drops and every stage time grows with the load instead of the model.
+    """
+    if workers <= cores:
+        return None
+    return (f"pytest-dsocr: -n {workers} starts {workers} xdist workers on {cores} CPU core"
+            f"{'s' if cores != 1 else ''}: they compete for the cores, so pages/s drops and stage times "
+            f"grow; use -n {cores} or fewer")
+
+
 def gpu_for(worker: str, gpus: Sequence[str]) -> str | None:
     """Round-robin by worker number: gw0 -> gpus[0], gw1 -> gpus[1], ... (None: do not set)."""
     if len(gpus) < 2:

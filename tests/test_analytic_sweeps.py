@@ -11,6 +11,7 @@ import pytest
 from pytest_dsocr.analytic.deepseek_ocr import ANALYTIC
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.sweeps import (
+    PLOTTERS,
     SWEEPS,
     SweepPoints,
     SweepSettings,
@@ -104,3 +105,25 @@ def test_floor_columns_only_with_hardware():
     # floor = max(FLOPs / peak, bytes / bandwidth)
     expected = max(d["step_flops"][0] / 989.5e12, d["step_bytes"][0] / 3350e9) * 1e3
     assert d["step_floor_ms"][0] == pytest.approx(expected)
+
+
+def test_decode_plot_legend_names_both_panels_and_covers_no_line():
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [1, 8, 64, 512]
+    cols = run_sweeps(ANALYTIC, DeepseekOCRCostModel(TINY), SweepPoints.build(TINY, candidate_grids(2), None, steps),
+                      SweepSettings())["decode"]
+    figure = Figure(figsize=(11, 4), constrained_layout=True)
+    FigureCanvasAgg(figure)
+    ax = figure.subplots(1, 2)
+    PLOTTERS["decode"](ax, cols)
+    figure.canvas.draw()
+    legend = ax[1].get_legend()
+    assert legend is not None and ax[0].get_legend() is None  # one legend, for the lines of both panels
+    assert [text.get_text() for text in legend.get_texts()] == [str(n) for n in steps]
+    assert [len(panel.get_lines()) for panel in ax] == [len(steps), len(steps)]  # one line per step count in each
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(panel.get_window_extent()) for panel in ax)  # beside the plots, not over them
+    assert box.x1 <= figure.bbox.x1  # and inside the figure

@@ -19,7 +19,7 @@ from pytest_dsocr.data.config import DatasetConfig
 from pytest_dsocr.data.datasets import discover_images
 from pytest_dsocr.data.images import load_image
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.rundir import new_run_dir
+from pytest_dsocr.rundir import check_writable, new_run_dir
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 RED = (255, 0, 0)
@@ -133,7 +133,7 @@ def test_every_kind_of_page_is_processed_or_fails_alone(pytester, tmp_path, infe
     lines = (run_dir / "direct_inference" / "pred" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert sorted(Path(json.loads(line)["image_path"]).name for line in lines) == sorted(good)
     infos = [json.loads((folder / "info.json").read_text(encoding="utf-8"))
-             for folder in (run_dir / "direct_inference" / "viz").iterdir()]
+             for folder in (run_dir / "direct_inference" / "viz").iterdir() if folder.is_dir()]
     by_name = {Path(info["source_image"]).name: info for info in infos}
     assert set(by_name) == set(good)
     assert by_name["rotated.jpg"]["image_size"] == {"width": 20, "height": 40}  # EXIF applied
@@ -227,11 +227,21 @@ USAGE_CASES = {
     "run-dir-is-a-file": (lambda t: ["--dsocr-run-dir", str(write(t / "taken", "x"))], "exists and is not a directory"),
     "run-dir-hidden-file": (lambda t: ["--dsocr-run-dir", str(write(t / "old" / ".keep", "x").parent)],
                             "runs are never overwritten"),
+    "root-without-folder-dataset": (lambda t: ["--dsocr-set", "dataset.root=/nonexistent/pages"],
+                                    "dataset.root=/nonexistent/pages: not used by dataset=samples"),
+    "pattern-list-unquoted": (lambda t: ["--dsocr-set", "dataset=folder", "--dsocr-set", f"dataset.root={t / 'imgs'}",
+                                         "--dsocr-set", "dataset.patterns=[*.gif]"],
+                              "'dataset.patterns=[*.gif]': the value of dataset.patterns is not valid YAML"),
+    "temperature-nan": (lambda t: ["--dsocr-set", "infer.temperature=nan"], "infer.temperature=nan: must be a finite"),
+    "top-k-negative": (lambda t: ["--dsocr-set", "infer.temperature=0.7", "--dsocr-set", "infer.top_k=-3"],
+                       "infer.top_k=-3: must be an integer >= 1"),
+    "run-root-unwritable": (lambda t: ["--dsocr-set", f"run.root={write(t / 'afile', 'x')}/runs"],
+                            "afile/runs: cannot create"),
 }
 
 
 @pytest.mark.parametrize("case", list(USAGE_CASES))
-def test_bad_input_is_one_usage_error(pytester, tmp_path, case):
+def test_bad_input_is_one_usage_error(pytester, tmp_path, case, inference_modules_loaded):
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "a.png")
     arguments, message = USAGE_CASES[case]
@@ -273,3 +283,18 @@ def test_run_dir_that_cannot_be_created_is_named(tmp_path):
     write(tmp_path / "file", "x")
     with pytest.raises(DsocrError, match=r"--dsocr-run-dir=.*file/run: cannot create"):
         new_run_dir(tmp_path / "runs", tmp_path / "file" / "run")
+
+
+def test_a_folder_that_cannot_be_written_is_found_before_anything_runs(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    check_writable(tmp_path / "runs" / "deeper", "run.root=runs")  # made later: its parent is probed
+    assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == [tmp_path / "empty"]
+
+    def refused(*args, **kwargs):  # what a read-only mount or a folder of another user does
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkdtemp", refused)
+    with pytest.raises(DsocrError, match=r"run\.root=runs: cannot write in .*tmp.* \(Permission denied\)"):
+        check_writable(tmp_path / "runs", "run.root=runs")
+    with pytest.raises(DsocrError, match=r"--dsocr-run-dir=.*empty: cannot write in .*empty \(Permission denied\)"):
+        new_run_dir(tmp_path / "runs", tmp_path / "empty")

@@ -159,3 +159,45 @@ def test_hardware_group_sets_the_name():
 def test_unknown_hardware_lists_the_known_tables():
     with pytest.raises(DsocrError, match=r"hardware.name='tpu_v9'.*known: .*h100_sxm"):
         load_config(overrides=["hardware=tpu_v9"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("infer.temperature=nan", r"infer\.temperature=nan: must be a finite number >= 0"),
+    ("infer.temperature=inf", r"infer\.temperature=inf: must be a finite number >= 0"),
+    ("infer.temperature=-1", r"infer\.temperature=-1\.0: must be a finite number >= 0"),
+])
+def test_temperature_must_be_finite_and_not_negative(override, message):
+    with pytest.raises(DsocrError, match=message):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["infer.temperature=0.7", "infer.top_p=1e30"], r"infer\.top_p=1e\+30: must lie in \(0, 1\]"),
+    (["infer.temperature=0.7", "infer.top_p=0"], r"infer\.top_p=0\.0: must lie in \(0, 1\]"),
+    (["infer.temperature=0.7", "infer.top_p=nan"], r"infer\.top_p=nan: must lie in \(0, 1\]"),
+    (["infer.temperature=0.7", "infer.top_k=-3"], r"infer\.top_k=-3: must be an integer >= 1"),
+    (["infer.top_p=0.9"], r"infer\.top_p=0\.9: has no effect with greedy decoding"),
+    (["infer.top_k=5"], r"infer\.top_k=5: has no effect with greedy decoding"),
+])
+def test_sampling_filters_are_checked_before_any_model(overrides, message):
+    with pytest.raises(DsocrError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_valid_sampling_settings_load():
+    cfg = load_config(overrides=["infer.temperature=0.7", "infer.top_p=1", "infer.top_k=40"])
+    assert (cfg.infer.temperature, cfg.infer.top_p, cfg.infer.top_k) == (0.7, 1.0, 40)
+
+
+@pytest.mark.parametrize("item", ["dataset.patterns=[*.gif]", "dataset.patterns=*.gif", "run.root=@home", "run.root=[unclosed"])
+def test_a_value_yaml_cannot_read_names_the_key_and_how_to_quote(item):
+    with pytest.raises(DsocrError) as error:
+        load_config(overrides=[item])
+    message = str(error.value)
+    key = item.split("=")[0]
+    assert f"--dsocr-set {item!r}: the value of {key} is not valid YAML" in message
+    assert "dataset.patterns=['*.gif', '*.png']" in message  # how to quote
+
+
+def test_a_quoted_pattern_list_loads():
+    assert list(load_config(overrides=["dataset.patterns=['*.gif']"]).dataset.patterns) == ["*.gif"]

@@ -9,9 +9,19 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from pytest_dsocr.config import load_config
 from pytest_dsocr.data import pages
-from pytest_dsocr.data.config import DatasetConfig
-from pytest_dsocr.data.datasets import discover_images
+from pytest_dsocr.data.config import DEFAULT_PATTERNS, DatasetConfig
+from pytest_dsocr.data.datasets import (
+    HIDDEN_FILE,
+    HIDDEN_FOLDER,
+    MATCHING_FOLDER,
+    NO_PATTERN,
+    NOT_RECURSIVE,
+    SYMLINKED_FOLDER,
+    discover_images,
+    scan_dataset,
+)
 from pytest_dsocr.errors import DsocrError
 
 MAX_BUNDLE_BYTES = 1_000_000
@@ -30,10 +40,70 @@ def names(paths):
 # --- samples ---------------------------------------------------------------------------
 
 
-def test_samples_are_the_bundled_pages_and_ignore_root(tmp_path):
-    images = discover_images(DatasetConfig(name="samples", root=str(tmp_path / "ignored")))
+def test_samples_are_the_bundled_pages(tmp_path):
+    images = discover_images(DatasetConfig(name="samples"))
     assert names(images) == [f"{spec.name}.png" for spec in pages.PAGE_SPECS]
     assert all(p.is_absolute() and p.is_file() for p in images)
+
+
+def test_a_root_without_a_folder_dataset_is_an_error_not_ignored(tmp_path):
+    with pytest.raises(DsocrError, match=r"dataset\.root=.*ignored: not used by dataset=samples .*dataset=folder"):
+        discover_images(DatasetConfig(name="samples", root=str(tmp_path / "ignored")))
+    with pytest.raises(DsocrError, match=r"dataset\.root=/nonexistent/pages: not used by dataset=samples"):
+        load_config(overrides=["dataset.root=/nonexistent/pages"])
+    touch_image(tmp_path / "pages" / "a.png")
+    cfg = load_config(overrides=["dataset=folder", f"dataset.root={tmp_path / 'pages'}"])
+    assert names(discover_images(cfg.dataset)) == ["a.png"]
+
+
+# --- folder: what a pattern search passes over ------------------------------------------
+
+
+def test_default_patterns_take_every_image_type_pillow_decodes(tmp_path):
+    root = tmp_path / "imgs"
+    touch_image(root / "scan.png")
+    frames = [Image.new("P", (8, 8), colour) for colour in (1, 2)]
+    frames[0].save(root / "anim.GIF", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (8, 8)).save(root / "page.jp2")
+    Image.new("RGB", (8, 8)).save(root / "layers.tga")
+    assert {"*.gif", "*.png", "*.jpg", "*.jp2", "*.tga", "*.webp", "*.tiff"} <= set(DEFAULT_PATTERNS)
+    assert not {"*.mpg", "*.eps", "*.h5"} & set(DEFAULT_PATTERNS)  # video, Ghostscript, identify-only
+    scan = scan_dataset(DatasetConfig(name="folder", root=str(root)))
+    assert names(scan.images) == ["anim.GIF", "layers.tga", "page.jp2", "scan.png"] and scan.skipped == ()
+
+
+def test_every_entry_a_search_passes_over_is_counted_and_named(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    touch_image(root / "a.png")
+    touch_image(root / "sub" / "b.png")
+    touch_image(root / ".cache" / "c.png")
+    (root / "notes.txt").write_text("not a page")
+    (root / ".DS_Store").write_bytes(b"x")
+    (root / "x.png").mkdir()  # a folder named like an image
+    touch_image(root / "x.png" / "inner.png")
+    (root / "linked").symlink_to(root / "sub", target_is_directory=True)
+    with caplog.at_level("WARNING", logger="pytest_dsocr"):
+        scan = scan_dataset(DatasetConfig(name="folder", root=str(root)))
+    assert names(scan.images) == ["a.png", "b.png", "inner.png"]
+    assert [(entry.path, entry.reason) for entry in scan.skipped] == [
+        (".DS_Store", HIDDEN_FILE), (".cache/", HIDDEN_FOLDER), ("linked/", SYMLINKED_FOLDER),
+        ("notes.txt", NO_PATTERN), ("x.png/", MATCHING_FOLDER)]
+    section = scan.section()
+    assert section["discovered"] == 3 and section["skipped_count"] == 5 and section["selection"] == "patterns"
+    assert section["skipped_by_reason"][NO_PATTERN] == 1
+    assert {"path": "x.png/", "reason": MATCHING_FOLDER} in section["skipped"]
+    assert "5 entries under" in caplog.text and "notes.txt (matches no dataset.patterns)" in caplog.text
+
+    flat = scan_dataset(DatasetConfig(name="folder", root=str(root), recursive=False))
+    assert names(flat.images) == ["a.png"]
+    assert ("sub/", NOT_RECURSIVE) in [(entry.path, entry.reason) for entry in flat.skipped]
+    assert ("x.png/", MATCHING_FOLDER) in [(entry.path, entry.reason) for entry in flat.skipped]
+
+
+def test_a_folder_of_only_skipped_entries_names_them_in_the_error(tmp_path):
+    (tmp_path / "imgs" / "only.png").mkdir(parents=True)
+    with pytest.raises(DsocrError, match=r"no images found .*every image type Pillow decodes.*only\.png/ \(a folder"):
+        discover_images(DatasetConfig(name="folder", root=str(tmp_path / "imgs"), recursive=False))
 
 
 def test_structured_config_is_accepted():

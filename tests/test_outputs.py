@@ -16,7 +16,14 @@ from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.outputs.config import StageOutputConfig
 from pytest_dsocr.outputs.markup import SPECIAL_TOKENS, parse_markup
 from pytest_dsocr.atomic import atomic_save_image, atomic_write_bytes, atomic_write_json, atomic_write_text
-from pytest_dsocr.outputs.writers import PredictionWriter, StageOutputs, postprocess_vendor_markup, viz_dir_for
+from pytest_dsocr.outputs.writers import (
+    PredictionWriter,
+    StageOutputs,
+    postprocess_vendor_markup,
+    viz_dir_for,
+    viz_roots,
+    write_viz_index,
+)
 from pytest_dsocr.records import ImageRun
 
 MARKUP = Path(__file__).parent / "data" / "markup"
@@ -312,3 +319,35 @@ def test_image_loader_is_called_only_when_visualizing(tmp_path):
     disabled = StageOutputs(tmp_path / "off", output_config(visualization={"enable": False}))
     disabled.record(make_run(tmp_path / "a.png", "x"), image=loader)
     assert len(calls) == 1
+
+
+# --- the viz index ------------------------------------------------------------------------
+
+
+def test_viz_index_maps_each_md5_folder_to_its_image(tmp_path):
+    viz = tmp_path / "viz"
+    boxed, plain = bundled_pages()[:2]
+    postprocess_vendor_markup(fixture_text("portrait_report"), boxed, viz_dir_for(boxed, viz))
+    postprocess_vendor_markup("no markup here", plain, viz_dir_for(plain, viz))
+    (viz / "0123abcd").mkdir()  # a folder cut short before its info.json: not indexed
+    entries = write_viz_index(viz)
+    index = json.loads((viz / "index.json").read_text(encoding="utf-8"))
+    assert index["folders"] == entries and [entry["image"] for entry in entries] == [str(boxed), str(plain)]
+    first = entries[0]
+    assert first["folder"] == viz_dir_for(boxed, viz).name and first["boxes"] == 11
+    assert first["result_image"] == f"{first['folder']}/result_with_boxes.jpg"
+    assert (viz / first["result_image"]).is_file() and entries[1]["boxes"] == 0
+    markdown = (viz / "index.md").read_text(encoding="utf-8")
+    assert f"| {boxed} | [{first['folder']}]({first['folder']}/) | 11 | " \
+           f"[result_with_boxes.jpg]({first['folder']}/result_with_boxes.jpg) |" in markdown
+    assert "0123abcd" not in markdown
+    assert write_viz_index(tmp_path / "absent") == [] and not (tmp_path / "absent").exists()
+
+
+def test_viz_roots_are_the_enabled_visualization_folders(tmp_path):
+    config = {"pipeline": {
+        "direct_inference": {"output": {"visualization": {"enable": True, "save_dir": "viz"}}},
+        "torch_profiler": {"output": {"visualization": {"enable": False, "save_dir": "viz"}}},
+        "vendor_parity": {"output": {"visualization": {"enable": True, "save_dir": str(tmp_path / "shared")}}},
+    }}
+    assert viz_roots(tmp_path / "run", config) == [tmp_path / "run" / "direct_inference" / "viz", tmp_path / "shared"]

@@ -57,8 +57,9 @@ def test_direct_inference_writes_the_run(stage_dir, tmp_path):
     lines = (run_dir / "direct_inference" / "pred" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert {"image_path", "text_raw"} <= set(json.loads(lines[0]))
-    viz = sorted((run_dir / "direct_inference" / "viz").iterdir())
+    viz = sorted(p for p in (run_dir / "direct_inference" / "viz").iterdir() if p.is_dir())
     assert len(viz) == 2
+    assert {p.name for p in (run_dir / "direct_inference" / "viz").iterdir() if p.is_file()} == {"index.md", "index.json"}
     info = json.loads((viz[0] / "info.json").read_text())
     assert {"source_image", "result_image", "text_raw", "text_clean", "boxes", "timings_ms"} <= set(info)
     assert (viz[0] / "result.mmd").is_file() and (viz[0] / "result_with_boxes.jpg").is_file()

@@ -19,7 +19,7 @@ from pytest_dsocr.decoding import DecodePolicy
 from pytest_dsocr.engine import Engine
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.profilers.config import TorchProfilerConfig, validate_torch_config
-from pytest_dsocr.profilers.overhead import profiler_overhead
+from pytest_dsocr.profilers.overhead import overhead_text, profiler_overhead
 from pytest_dsocr.profilers.tables import OperatorTable, attribute_events
 from pytest_dsocr.profilers.torch_profiler import (
     TorchProfilerHooks,
@@ -255,6 +255,25 @@ def test_profiler_overhead_is_profiled_over_unprofiled_for_the_same_samples():
     mixed = profiler_overhead("torch", profiled, baselines, {"a": "direct_inference", "b": "unprofiled_rounds"})
     assert mixed["baseline"] == "mixed"
     assert profiler_overhead("torch", [], baselines, {})["ratio"] is None
+
+
+def test_profiler_overhead_has_an_interval_over_pages_and_says_within_noise():
+    def section(ratios: list[float]) -> dict:
+        profiled = [run(f"p{i}", 100.0 * r) for i, r in enumerate(ratios)]
+        baselines = {f"p{i}": [run(f"p{i}", 100.0)] for i in range(len(ratios))}
+        return profiler_overhead("torch", profiled, baselines, {name: "direct_inference" for name in baselines})
+
+    noisy = section([0.70, 1.25, 0.80, 1.20, 0.85])  # a ratio of 0.96: faster under the profiler only by chance
+    assert noisy["ci_low"] < 1.0 < noisy["ci_high"] and noisy["within_noise"] is True
+    assert overhead_text(noisy).startswith("Profiler overhead: within noise (0.960x end-to-end; 95% interval ")
+    assert "over 5 pages" in overhead_text(noisy)
+    slower = section([1.28, 1.31, 1.30, 1.33, 1.29])
+    assert 1.0 < slower["ci_low"] <= slower["ratio"] <= slower["ci_high"] and slower["within_noise"] is False
+    assert "within noise" not in overhead_text(slower) and "1.302x end-to-end (95% interval 1.2" in overhead_text(slower)
+    single = section([0.848])
+    assert single["ci_low"] is None and single["within_noise"] is None
+    assert "0.848x end-to-end from 1 page" in overhead_text(single) and "cannot be told from noise" in overhead_text(single)
+    assert overhead_text(profiler_overhead("torch", [], {}, {})) == "Profiler overhead: not measured."
 
 
 class FakeCollector:

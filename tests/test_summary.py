@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_summary_sections_in_order():
         "## Environment", "## Aggregates", "## Per-Stage Timings (ms)", "## Stage Share (%)",
         "## Stage Takeaways", "## Failures", "## Plots",
     ]
-    assert "| Stage | Mean | Std | p50 | p90 |" in text
+    assert "| Stage | Mean (ms) | Std (ms) | p50 (ms) | p90 (ms) |" in text
     assert NESTING_NOTE.split(":")[0] in text
 
 
@@ -158,7 +159,8 @@ def test_incomplete_run_is_flagged():
 
 def test_empty_run_renders_without_numbers():
     text = render_stakeholder_summary(make_metrics([]))
-    assert "No run was measured." in text and "No stage was measured." in text
+    assert "No page was measured: no inference stage ran in this session. It produced no stage results." in text
+    assert "## Aggregates" not in text and "n/a" not in text and "(0 runs)" not in text
 
 
 def test_report_has_per_sample_rows():
@@ -172,6 +174,7 @@ def test_report_has_per_sample_rows():
 def test_terminal_summary():
     text = render_terminal_summary(golden_metrics())
     assert "| prefill |" in text and "The largest stage is decode" in text
+    assert "| Stage | Mean (ms) | Std (ms) | p50 (ms) | p90 (ms) |" in text  # the terminal table has units
 
 
 def test_plots_written_and_linked(tmp_path: Path):
@@ -197,3 +200,83 @@ def test_plots_skipped_with_a_note_without_matplotlib(tmp_path: Path, monkeypatc
     assert not (tmp_path / "plots").exists()
     metrics["plots"] = plots
     assert MATPLOTLIB_MISSING_NOTE in render_stakeholder_summary(metrics)
+
+
+# --- what the summary says about spread, runs without pages, and stage-neutral sections ---------
+
+
+def spread_line(metrics) -> str:
+    return next(line for line in render_stakeholder_summary(metrics).splitlines() if "vary widely" in line)
+
+
+def test_spread_with_constant_output_on_a_loaded_machine_blames_neither_pages_nor_length():
+    # one run per page, same crop grid and output length, yet decode and prefill spread widely
+    runs = [image_run(i, prefill_ms=p, decode_ms=d, tokens=4) for i, (p, d) in
+            enumerate([(100.0, 300.0), (180.0, 650.0), (95.0, 280.0), (210.0, 700.0)])]
+    metrics = make_metrics(runs)
+    metrics["env"].update(load_average_1m=9.68, cpu_count=2)
+    line = spread_line(metrics)
+    assert "between pages (one run each; std as % of the mean: prefill" in line
+    assert "Output length was 4 tokens in every run, so it does not explain decode's spread" in line
+    assert "Every page had crop grid 1x1, so it does not explain the spread of prefill" in line
+    assert "its load or clocks likely varied" in line
+    assert "The 1-minute load average was 9.68 on 2 CPU cores when the run started" in line
+    assert "pages differ in crop grid" not in line
+
+
+def test_spread_across_rounds_of_one_page_is_the_machine():
+    runs = [image_run(i, round=r, decode_ms=d, tokens=31) for i in range(2)
+            for r, d in enumerate((300.0, 900.0, 310.0))]
+    line = spread_line(make_metrics(runs))
+    assert "across the repeated runs of one page decode" in line and "(median over 2 pages)" in line
+    assert "The same page took different times, so the machine's speed varied" in line
+
+
+def test_spread_that_the_pages_explain():
+    runs = [dataclasses.replace(image_run(i, decode_ms=10.0 * tokens, tokens=tokens), crop_grid=grid)
+            for i, (tokens, grid) in enumerate([(10, (1, 1)), (40, (2, 3)), (12, (1, 1)), (60, (3, 2))])]
+    line = spread_line(make_metrics(runs))
+    assert "Output length varied from 10 to 60 tokens, which decode time follows" in line
+    assert "likely varied" not in line
+
+
+def test_a_sweep_only_run_says_what_it_produced():
+    sweep = {"model_family": "deepseek_ocr", "model_size": "tiny", "dtype": "float32", "attention": "flash",
+             "hardware": None, "hardware_choice": "CPU run", "evaluate_ms": 1.5,
+             "points": {"vision_crops": 23, "decode": 762},
+             "files": ["/runs/r/sweeps/vision_crops.csv", "/runs/r/sweeps/decode.csv", "/runs/r/sweeps/decode.png"],
+             "notes": ["floor-time columns omitted: CPU run"]}
+    metrics = make_metrics([], sections={"sweep": sweep})
+    text = render_stakeholder_summary(metrics)
+    assert "No page was measured: no inference stage ran in this session. It produced analytic sweeps " \
+           "(`sweeps/*.csv`; see Sweeps)." in text
+    assert "## Sweeps" in text and "| decode | 762 | [sweeps/decode.csv](sweeps/decode.csv), " \
+                                   "[sweeps/decode.png](sweeps/decode.png) |" in text
+    assert "## Aggregates" not in text and "(0 runs)" not in text
+    assert render_terminal_summary(metrics).startswith("Run complete. No page was measured")
+
+
+def test_dataset_and_notes_sections():
+    dataset = {"name": "folder", "image_dir": "/data/pages", "selection": "patterns", "discovered": 2,
+               "skipped_count": 2, "skipped_by_reason": {"matches no dataset.patterns": 1, "hidden file": 1},
+               "skipped": [{"path": ".DS_Store", "reason": "hidden file"},
+                           {"path": "clip.mp4", "reason": "matches no dataset.patterns"}]}
+    notes = {"skipped": [{"stage": "nsys", "reason": "nsys not on PATH: install Nsight Systems", "tests": 2}],
+             "warnings": [{"message": "DeepSeek-OCR: none of the 2 outputs holds a box", "count": 1}]}
+    text = render_stakeholder_summary(make_metrics([image_run(0)], sections={"dataset": dataset, "notes": notes}))
+    assert "2 images found in `/data/pages` (selected by patterns); 2 entries under it were skipped" in text
+    assert "| clip.mp4 | matches no dataset.patterns |" in text
+    assert "- Skipped nsys (2 test(s)): nsys not on PATH: install Nsight Systems" in text
+    assert "- Warning: DeepSeek-OCR: none of the 2 outputs holds a box" in text
+
+
+def test_report_links_the_config_and_gives_the_failure_chain():
+    failure = SampleFailure("page_009", "/data/page_009.png", 0, "direct_inference", "RuntimeError: kernel exploded",
+                            "RuntimeError", chain=("CudaError: launch failed (kernel.py:12 in launch)",
+                                                   "RuntimeError: kernel exploded (engine.py:40 in run)"))
+    text = render_report(make_metrics([image_run(0)], [failure]))
+    assert "[`resolved_config.yaml`](resolved_config.yaml)" in text and '"model": {' not in text
+    assert "- `page_009` (epoch 0, direct_inference): RuntimeError: kernel exploded\n" \
+           "   1. CudaError: launch failed (kernel.py:12 in launch)\n" \
+           "   2. RuntimeError: kernel exploded (engine.py:40 in run)" in text
+    assert "CudaError" not in render_stakeholder_summary(make_metrics([image_run(0)], [failure]))

@@ -13,7 +13,7 @@ from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.rundir import new_worker_dir
 from pytest_dsocr.report.workers import merge_parts, read_worker_parts, workers_reason
 from pytest_dsocr.xdist import LockedPredictionWriter, XdistController, group_for
-from pytest_dsocr.xdist_setup import assign_gpus, claim_gpu, gpu_for, visible_gpus
+from pytest_dsocr.xdist_setup import assign_gpus, claim_gpu, gpu_for, oversubscription_warning, visible_gpus
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -233,6 +233,8 @@ def test_two_workers_write_one_merged_run(pytester, tmp_path):
     for index, name in enumerate(("left", "right")):
         Image.new("RGB", (160, 120), (255, 255 - 60 * index, 255)).save(images / f"{name}.png")
     pytester.makepyfile(test_direct_inference=(BENCHMARKS / "test_direct_inference.py").read_text())
+    # the controller sees one core, so -n 2 oversubscribes it whatever this machine has
+    pytester.makeconftest("import pytest_dsocr.xdist\npytest_dsocr.xdist.usable_cores = lambda: 1\n")
     run_dir = tmp_path / "run"
     result = pytester.runpytest_subprocess(
         "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "-m", "direct_inference",
@@ -265,8 +267,18 @@ def test_two_workers_write_one_merged_run(pytester, tmp_path):
     lines = (run_dir / "direct_inference" / "pred" / "predictions.jsonl").read_text().splitlines()
     assert sorted((json.loads(line)["sample_id"], json.loads(line)["epoch"]) for line in lines) == [
         ("left", 0), ("left", 1), ("right", 0), ("right", 1)]
-    assert len(list((run_dir / "direct_inference" / "viz").iterdir())) == 2
-    assert "## Workers" in (run_dir / "stakeholder_summary.md").read_text()
+    assert len([p for p in (run_dir / "direct_inference" / "viz").iterdir() if p.is_dir()]) == 2
+    summary = (run_dir / "stakeholder_summary.md").read_text()
+    assert "## Workers" in summary
+    assert "| xdist_workers | 2 |" in summary and "xdist_worker |" not in summary and "gw0 |" not in summary.split(
+        "## Workers")[0]  # the merged environment names no single worker
+    assert "xdist_worker" not in metrics["env"]
+    warning = "pytest-dsocr: -n 2 starts 2 xdist workers on 1 CPU core: they compete for the cores"
+    result.stdout.fnmatch_lines([f"warning: {warning}*"])
+    assert any(entry["message"].startswith(warning) for entry in metrics["notes"]["warnings"])
+    index = json.loads((run_dir / "direct_inference" / "viz" / "index.json").read_text())
+    assert len(index["folders"]) == 2  # both workers' folders, indexed by the controller at the end
+    assert metrics["dataset"]["discovered"] == 2
 
 
 def test_an_xdist_run_that_measures_nothing_leaves_no_run_dir(pytester):
@@ -275,3 +287,10 @@ def test_an_xdist_run_that_measures_nothing_leaves_no_run_dir(pytester):
     result = pytester.runpytest("-n", "1", "-p", "no:cacheprovider", "-p", "no:benchmark")
     result.assert_outcomes(passed=1)
     assert not list((pytester.path / "runs").glob("*"))
+
+
+def test_more_workers_than_cores_is_one_warning_naming_both():
+    assert oversubscription_warning(2, 2) is None
+    assert oversubscription_warning(3, 2) == (
+        "pytest-dsocr: -n 3 starts 3 xdist workers on 2 CPU cores: they compete for the cores, so pages/s "
+        "drops and stage times grow; use -n 2 or fewer")

@@ -32,6 +32,7 @@ SWEEP_DIR = "sweeps"
 SWEEPS = ("vision_crops", "vision_prefill", "decode")
 GLOBAL_ONLY = (1, 1)  # the no-crop baseline row of the crop sweeps
 MIN_SWEEP_CROPS = 2  # the smallest crop grid of both families' preprocessing has two tiles
+DECODE_LEGEND_ANCHOR = (1.03, 1.0)  # axes fraction: just right of the decode sweep's right-hand panel
 
 
 @dataclass(frozen=True)
@@ -199,17 +200,20 @@ def _plot_vision_prefill(ax, cols: Columns) -> None:
 
 
 def _plot_decode(ax, cols: Columns) -> None:
+    """One line per decode step count in both panels, same colours; the one legend sits outside
+    the right-hand panel, so it covers no line and names the lines of both."""
     import matplotlib
 
     step_counts = np.unique(cols["steps"])
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 1, len(step_counts)))
     for n, color in zip(step_counts, colors):
         sel = cols["steps"] == n
-        ax[0].plot(cols["context"][sel], cols["decode_bytes"][sel] / n / 1e9, color=color, label=f"{n} steps")
-    ax[0].set(xlabel="context (tokens)", ylabel="GB per decode step")
-    ax[0].legend(fontsize="small")
-    ax[1].plot(cols["context"], cols["kv_cache_bytes"] / 1e9, ".")
-    ax[1].set(xlabel="context (tokens)", ylabel="KV cache GB at the end")
+        ax[0].plot(cols["context"][sel], cols["decode_bytes"][sel] / n / 1e9, color=color)
+        ax[1].plot(cols["context"][sel], cols["kv_cache_bytes"][sel] / 1e9, color=color, label=f"{n}")
+    ax[0].set(xlabel="context before decoding (tokens)", ylabel="GB read per decode step")
+    ax[1].set(xlabel="context before decoding (tokens)", ylabel="KV cache GB after the last step")
+    ax[1].legend(title="decode steps\n(both panels)", fontsize="small", loc="upper left",
+                 bbox_to_anchor=DECODE_LEGEND_ANCHOR, borderaxespad=0.0)
 
 
 PLOTTERS: dict[str, Callable] = {

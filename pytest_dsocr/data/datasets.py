@@ -2,9 +2,11 @@
 
 Supported datasets (``dataset.name``):
 
-- ``samples``: the pages shipped in ``pytest_dsocr/data/pages/`` (``dataset.root`` ignored).
+- ``samples``: the pages shipped in ``pytest_dsocr/data/pages/``; a ``dataset.root`` is an error
+  (it reads none: a root given without ``dataset=folder`` would otherwise be silently ignored).
 - ``folder``: files under ``dataset.root`` whose name (or path relative to the root) matches
   one of ``dataset.patterns``, case-insensitively; sub-folders too when ``dataset.recursive``.
+  The default patterns are every extension of an image format Pillow decodes.
 - ``omnidocbench``: ``dataset.root`` laid out as the published benchmark, ``images/`` plus
   ``OmniDocBench.json``. When the JSON is present, its entries' ``page_info.image_path``
   (file names under ``images/``) list the pages, and every listed page must exist; without it,
@@ -12,6 +14,12 @@ Supported datasets (``dataset.name``):
 
 Common rules: hidden files and folders (name starting with ".") are skipped; results are
 absolute paths sorted by their path relative to the image folder, so runs are reproducible.
+A pattern search (no subset file, no OmniDocBench JSON) counts and names everything under the
+image folder it passes over (:class:`Skipped`): files that match no pattern, hidden files and
+folders, folders whose name matches a pattern (``x.png/``), symlinked folders (not followed),
+sub-folders when ``dataset.recursive`` is false, and matching names that are not regular
+files. :func:`scan_dataset` returns them with the images; the run puts them in metrics.json's
+``dataset`` section and the summary, and logs one warning naming the first few.
 ``dataset.subset_file`` names images one per line, relative to the image folder (the bundled
 pages folder, the root, or ``root/images``); blank lines and ``#`` comments are ignored, the
 file's order is kept, repeated names count once, and patterns are not applied to them.
@@ -25,22 +33,83 @@ current directory).
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections import Counter
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
-from pytest_dsocr.data.config import DatasetConfig
+from pytest_dsocr.data.config import DEFAULT_PATTERNS, DatasetConfig, validate_dataset_config
 from pytest_dsocr.data.pages import PAGES_DIR
 from pytest_dsocr.errors import DsocrError
 
-DATASET_NAMES = ("samples", "folder", "omnidocbench")
+log = logging.getLogger(__name__)
+
 OMNIDOCBENCH_JSON = "OmniDocBench.json"
 OMNIDOCBENCH_IMAGES = "images"
-MAX_NAMED = 5  # missing files named in one error message; the rest are counted
+MAX_NAMED = 5  # missing files named in one error message (and skipped ones in the warning); the rest are counted
+MAX_SKIPPED_LISTED = 200  # skipped entries listed by name in metrics.json; all are counted by reason
+
+# Why a pattern search passed over an entry (the ``reason`` of :class:`Skipped`).
+NO_PATTERN = "matches no dataset.patterns"
+HIDDEN_FILE = "hidden file"
+HIDDEN_FOLDER = "hidden folder, not searched"
+MATCHING_FOLDER = "a folder, not an image file, although its name matches dataset.patterns"
+SYMLINKED_FOLDER = "symlinked folder, not followed"
+NOT_RECURSIVE = "sub-folder, not searched (dataset.recursive=false)"
+NOT_A_FILE = "not a regular file"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One entry under the image folder that a pattern search did not take as an image."""
+
+    path: str  # relative to the image folder, "/" separated; folders end with "/"
+    reason: str
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """What discovery found: the images, where and how they were chosen, and what was passed over."""
+
+    name: str  # samples | folder | omnidocbench
+    image_dir: Path
+    selection: str  # "patterns", "subset file <path>" or "manifest <path>"
+    images: tuple[Path, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    def section(self) -> dict[str, Any]:
+        """metrics.json's ``dataset`` section (stage-neutral: what every stage's samples came from)."""
+        return {
+            "name": self.name,
+            "image_dir": str(self.image_dir),
+            "selection": self.selection,
+            "discovered": len(self.images),
+            "skipped_count": len(self.skipped),
+            "skipped_by_reason": dict(Counter(entry.reason for entry in self.skipped)),
+            "skipped": [{"path": entry.path, "reason": entry.reason} for entry in self.skipped[:MAX_SKIPPED_LISTED]],
+        }
+
+    def warning(self) -> str | None:
+        """One line naming the first skipped entries, or None when nothing was skipped."""
+        if not self.skipped:
+            return None
+        shown = ", ".join(f"{entry.path} ({entry.reason})" for entry in self.skipped[:MAX_NAMED])
+        more = f" and {len(self.skipped) - MAX_NAMED} more" if len(self.skipped) > MAX_NAMED else ""
+        return (f"dataset: {len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'} under "
+                f"{self.image_dir} skipped: {shown}{more}; metrics.json `dataset` lists them")
 
 
 def discover_images(cfg: DatasetConfig, base_dir: Path | None = None) -> list[Path]:
     """Absolute paths of the dataset's images, or a DsocrError naming the key and path."""
+    return list(scan_dataset(cfg, base_dir).images)
+
+
+def scan_dataset(cfg: DatasetConfig, base_dir: Path | None = None) -> DatasetScan:
+    """The dataset's images and what a pattern search passed over; DsocrError naming the key and path."""
+    validate_dataset_config(cfg)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     patterns = _patterns(cfg)
     recursive = cfg.recursive
@@ -49,7 +118,7 @@ def discover_images(cfg: DatasetConfig, base_dir: Path | None = None) -> list[Pa
         image_dir, recursive = PAGES_DIR, False
     elif cfg.name == "folder":
         image_dir = _root(cfg, base)
-    elif cfg.name == "omnidocbench":
+    else:  # omnidocbench (validate_dataset_config refused any other name)
         root = _root(cfg, base)
         image_dir = root / OMNIDOCBENCH_IMAGES
         if not image_dir.is_dir():
@@ -59,23 +128,26 @@ def discover_images(cfg: DatasetConfig, base_dir: Path | None = None) -> list[Pa
             )
         if (root / OMNIDOCBENCH_JSON).is_file():
             manifest = root / OMNIDOCBENCH_JSON
-    else:
-        raise DsocrError(
-            f"dataset.name: unknown dataset {cfg.name!r}; choose one of {', '.join(DATASET_NAMES)}"
-        )
 
+    skipped: list[Skipped] = []
     if cfg.subset_file:
         images = _from_subset(_resolve(cfg.subset_file, base), image_dir)
-        where = f"subset file {cfg.subset_file}"
+        where = selection = f"subset file {cfg.subset_file}"
     elif manifest is not None:
         images = _from_manifest(manifest, image_dir)
-        where = str(manifest)
+        where, selection = str(manifest), f"manifest {manifest}"
     else:
-        images = _match_files(image_dir, patterns, recursive)
-        where = f"{image_dir} (patterns {', '.join(patterns)})"
+        images, skipped = _match_files(image_dir, patterns, recursive)
+        shown = "every image type Pillow decodes" if patterns == DEFAULT_PATTERNS else ", ".join(patterns)
+        where, selection = f"{image_dir} (patterns: {shown})", "patterns"
+    scan = DatasetScan(cfg.name, image_dir, selection, tuple(images), tuple(skipped))
     if not images:
-        raise DsocrError(f"dataset: no images found in {where}; check dataset.root and dataset.patterns")
-    return images
+        passed_over = f" ({scan.warning()})" if skipped else ""
+        raise DsocrError(f"dataset: no images found in {where}{passed_over}; check dataset.root and dataset.patterns")
+    warning = scan.warning()
+    if warning:
+        log.warning(warning)
+    return scan
 
 
 def _patterns(cfg: DatasetConfig) -> list[str]:
@@ -100,20 +172,47 @@ def _root(cfg: DatasetConfig, base: Path) -> Path:
     return root
 
 
-def _match_files(image_dir: Path, patterns: list[str], recursive: bool) -> list[Path]:
+def _match_files(image_dir: Path, patterns: list[str], recursive: bool) -> tuple[list[Path], list[Skipped]]:
+    """Files under ``image_dir`` matching ``patterns``, and every entry passed over, both sorted."""
     lowered = [p.lower() for p in patterns]
-    found = []
+    found: list[Path] = []
+    skipped: list[Skipped] = []
+
+    def matches(path: Path) -> bool:
+        name, relative = path.name.lower(), path.relative_to(image_dir).as_posix().lower()
+        return any(fnmatch(name, p) or fnmatch(relative, p) for p in lowered)
+
+    def skip(path: Path, reason: str, folder: bool = False) -> None:
+        skipped.append(Skipped(path.relative_to(image_dir).as_posix() + ("/" if folder else ""), reason))
+
     for dirpath, dirnames, filenames in os.walk(image_dir):
-        dirnames[:] = [] if not recursive else [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
-                continue
+        searched = []
+        for name in dirnames:
             path = Path(dirpath) / name
-            relative = path.relative_to(image_dir).as_posix().lower()
-            if any(fnmatch(name.lower(), p) or fnmatch(relative, p) for p in lowered):
+            if name.startswith("."):
+                skip(path, HIDDEN_FOLDER, folder=True)
+            elif path.is_symlink():  # os.walk does not follow it: say so rather than pass it by
+                skip(path, SYMLINKED_FOLDER, folder=True)
+            elif not recursive:
+                skip(path, MATCHING_FOLDER if matches(path) else NOT_RECURSIVE, folder=True)
+            else:
+                if matches(path):  # searched like any folder, but not read as the image its name suggests
+                    skip(path, MATCHING_FOLDER, folder=True)
+                searched.append(name)
+        dirnames[:] = searched
+        for name in filenames:
+            path = Path(dirpath) / name
+            if name.startswith("."):
+                skip(path, HIDDEN_FILE)
+            elif not matches(path):
+                skip(path, NO_PATTERN)
+            elif not path.is_file() and path.exists():  # a socket or fifo; a dangling link fails as a sample
+                skip(path, NOT_A_FILE)
+            else:
                 found.append(path)
     found.sort(key=lambda p: p.relative_to(image_dir).as_posix())
-    return [Path(os.path.abspath(p)) for p in found]
+    skipped.sort(key=lambda entry: entry.path)
+    return [Path(os.path.abspath(p)) for p in found], skipped
 
 
 def _from_manifest(manifest: Path, image_dir: Path) -> list[Path]:

@@ -8,14 +8,20 @@
   descriptor (no user-space buffer to flush); a line cut short by an earlier crash is ended
   with a newline before the next line, so every later line still parses.
 - ``viz/<md5(absolute image path)>/`` holds ``result_with_boxes.jpg``, ``result.mmd``,
-  ``images/N.jpg`` crops and, written last as the sign the folder is complete, ``info.json``.
+  ``images/N.jpg`` crops (one per box; no ``images/`` when the output holds no box) and,
+  written last as the sign the folder is complete, ``info.json``.
+- ``viz/index.json`` and ``viz/index.md`` map each md5 folder back to its image, with links to
+  the folder and its ``result_with_boxes.jpg`` thumbnail (:func:`write_viz_index`). They are
+  built from the folders' ``info.json`` at the end of the session (and by ``python -m
+  pytest_dsocr report``), so the folders of every xdist worker are in them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ RESULT_MMD = "result.mmd"
 INFO_JSON = "info.json"
 CROPS_DIR = "images"
 DEFAULT_THUMBNAIL_WIDTH = 480
+INDEX_JSON = "index.json"
+INDEX_MD = "index.md"
 
 
 # --- predictions.jsonl -------------------------------------------------------------------
@@ -234,3 +242,69 @@ class StageOutputs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- the index of a visualization folder --------------------------------------------------
+
+
+def _md_cell(text: Any) -> str:
+    """Text safe inside a markdown table cell (one line, pipes escaped)."""
+    return str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+
+
+def write_viz_index(viz_root: str | Path) -> list[dict[str, Any]]:
+    """``index.json`` and ``index.md`` in ``viz_root``: each complete ``<md5>/`` folder (one with
+    its ``info.json``), the image it shows, its box count and links; returns the entries.
+
+    Nothing is written when ``viz_root`` holds no complete folder.
+    """
+    viz_root = Path(viz_root)
+    entries: list[dict[str, Any]] = []
+    folders = sorted(p for p in viz_root.iterdir() if p.is_dir()) if viz_root.is_dir() else []
+    for folder in folders:
+        try:
+            info = json.loads((folder / INFO_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not written yet, or cut short: info.json comes last
+            continue
+        entries.append({
+            "folder": folder.name,
+            "image": info.get("source_image"),
+            "boxes": len(info.get("boxes") or ()),
+            "result_image": f"{folder.name}/{info.get('result_image') or RESULT_IMAGE}",
+            "info": f"{folder.name}/{INFO_JSON}",
+        })
+    if not entries:
+        return entries
+    entries.sort(key=lambda entry: str(entry["image"]))
+    atomic_write_json(viz_root / INDEX_JSON, {
+        "description": "one entry per visualization folder: <md5 of the absolute image path>/ -> image",
+        "folders": entries,
+    })
+    lines = [
+        "# Visualizations",
+        "",
+        "Each folder is named by the md5 of the absolute image path; the thumbnail is the page with its boxes.",
+        "",
+        "| Image | Folder | Boxes | Thumbnail |",
+        "| --- | --- | ---: | --- |",
+    ]
+    lines += [f"| {_md_cell(entry['image'])} | [{entry['folder']}]({entry['folder']}/) | {entry['boxes']} "
+              f"| [{RESULT_IMAGE}]({entry['result_image']}) |" for entry in entries]
+    atomic_write_text(viz_root / INDEX_MD, "\n".join(lines) + "\n")
+    return entries
+
+
+def viz_roots(run_dir: str | Path, config: Mapping[str, Any]) -> list[Path]:
+    """The visualization folder of every stage whose ``pipeline.<stage>.output`` enables one."""
+    roots = []
+    for stage, stage_cfg in (config.get("pipeline") or {}).items():
+        visualization = ((stage_cfg or {}).get("output") or {}).get("visualization") or {}
+        if visualization.get("enable"):
+            save_dir = Path(str(visualization.get("save_dir") or "viz")).expanduser()
+            roots.append(save_dir if save_dir.is_absolute() else Path(run_dir) / stage / save_dir)
+    return roots
+
+
+def write_viz_indexes(run_dir: str | Path, config: Mapping[str, Any]) -> list[Path]:
+    """The index of every stage's visualization folder that holds any; returns the folders indexed."""
+    return [root for root in viz_roots(run_dir, config) if write_viz_index(root)]

@@ -4,6 +4,10 @@ The profiled runs are the measured rounds a profiler actually recorded; the unpr
 the direct_inference records of the same samples when the session has them, else rounds the
 profiler stage ran itself with no hooks right after (said per sample in ``baseline``). Times are
 end to end per run (preprocess + prefill + decode) and per stage, each a ratio of means.
+
+The end-to-end ratio comes with a bootstrap interval over pages (the pages are resampled, the
+ratio recomputed), since the page is the unit of every comparison here; an interval that holds
+1 reads "within noise". One page gives no interval.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from pytest_dsocr.records import ImageRun
+from pytest_dsocr.report.stats import DEFAULT_CI_LEVEL, DEFAULT_N_BOOT, DEFAULT_SEED, percentile_interval
 
 BASELINE_DIRECT = "direct_inference"
 BASELINE_OWN = "unprofiled_rounds"
 STAGE_FIELDS = ("preprocess_ms", "prefill_ms", "vision_ms", "decode_ms")
+MIN_PAGES_FOR_INTERVAL = 2  # a bootstrap over one page has nothing to resample
 
 
 def e2e_ms(run: ImageRun) -> float:
@@ -31,6 +39,37 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+def ratio_interval(profiled: Sequence[float], unprofiled: Sequence[float], *, ci_level: float = DEFAULT_CI_LEVEL,
+                   n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of sum(profiled) / sum(unprofiled) over pages (the i-th
+    entries of both belong to page i), or None with fewer than MIN_PAGES_FOR_INTERVAL pages."""
+    p, b = np.asarray(profiled, dtype=np.float64), np.asarray(unprofiled, dtype=np.float64)
+    if len(p) < MIN_PAGES_FOR_INTERVAL or len(p) != len(b):
+        return None
+    index = np.random.default_rng(seed).integers(0, len(p), size=(n_boot, len(p)))
+    denominators = b[index].sum(axis=1)
+    ratios = p[index].sum(axis=1)[denominators > 0] / denominators[denominators > 0]
+    return percentile_interval(ratios, ci_level) if len(ratios) else None
+
+
+def overhead_text(section: Mapping) -> str:
+    """One sentence on the end-to-end overhead: the ratio, its interval, and "within noise" when
+    the interval holds 1 (or when there is no interval to tell)."""
+    ratio = section.get("ratio")
+    if ratio is None:
+        return "Profiler overhead: not measured."
+    pages, baseline = section.get("samples"), section.get("baseline")
+    low, high = section.get("ci_low"), section.get("ci_high")
+    if low is None or high is None:
+        return (f"Profiler overhead: {ratio:.3f}x end-to-end from {pages} page ({baseline} baseline); one page "
+                f"gives no interval, so it cannot be told from noise: profile at least {MIN_PAGES_FOR_INTERVAL} pages.")
+    level = f"{section.get('ci_level', DEFAULT_CI_LEVEL) * 100:.0f}%"
+    interval = f"{level} interval {low:.3f}-{high:.3f}x over {pages} pages, {baseline} baseline"
+    if section.get("within_noise"):
+        return f"Profiler overhead: within noise ({ratio:.3f}x end-to-end; {interval})."
+    return f"Profiler overhead: {ratio:.3f}x end-to-end ({interval})."
 
 
 def _by_sample(runs: Sequence[ImageRun]) -> dict[str, list[ImageRun]]:
@@ -63,9 +102,15 @@ def profiler_overhead(profiler: str, profiled: Sequence[ImageRun], baselines: Ma
     used = {entry["baseline"] for entry in per_sample.values()}
     baseline = used.pop() if len(used) == 1 else ("mixed" if used else None)
     total_p, total_b = sum(profiled_means), sum(baseline_means)
+    interval = ratio_interval(profiled_means, baseline_means)
     return {
         "profiler": profiler,
         "ratio": _ratio(total_p, total_b) if per_sample else None,
+        "ci_low": interval[0] if interval else None,
+        "ci_high": interval[1] if interval else None,
+        "ci_level": DEFAULT_CI_LEVEL,
+        # None: no interval (fewer than MIN_PAGES_FOR_INTERVAL pages), so nothing to tell from noise
+        "within_noise": (interval[0] <= 1.0 <= interval[1]) if interval else None,
         "baseline": baseline,
         "samples": len(per_sample),
         "profiled_ms_mean": _mean(profiled_means),
@@ -76,5 +121,5 @@ def profiler_overhead(profiler: str, profiled: Sequence[ImageRun], baselines: Ma
         "definition": "sum over samples of mean end-to-end ms (preprocess + prefill + decode) of the measured "
                       "rounds the profiler recorded, over the same for unprofiled rounds of the same samples "
                       f"({BASELINE_DIRECT}: that stage's records; {BASELINE_OWN}: rounds run without hooks "
-                      "right after profiling)",
+                      "right after profiling); ci_low/ci_high: percentile bootstrap over pages",
     }

@@ -33,7 +33,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity, record_function
 from pytest_dsocr.engine import NO_HOOKS, ProfilingHooks
 from pytest_dsocr.profilers.attribution import TORCH_PREFIX
 from pytest_dsocr.profilers.config import TorchProfilerConfig
-from pytest_dsocr.profilers.overhead import BASELINE_DIRECT, BASELINE_OWN, profiler_overhead
+from pytest_dsocr.profilers.overhead import BASELINE_DIRECT, BASELINE_OWN, overhead_text, profiler_overhead
 from pytest_dsocr.profilers.tables import OperatorTable
 from pytest_dsocr.report.markdown import fmt
 from pytest_dsocr.report.markdown import table as md_table
@@ -260,12 +260,10 @@ class TorchProfilerStage:
 
     def summary_markdown(self, overhead: dict) -> str:
         table = self.hooks.table
-        ratio = overhead.get("ratio")
         lines = [f"Profiled inferences: {table.iterations}; operators sorted by self "
                  f"{'device' if table.sort_by == 'self_device' else 'CPU'} time, "
                  f"full tables in `{STAGE}/operators.md`.",
-                 "", f"Profiler overhead: {ratio:.3f}x end-to-end ({overhead['baseline']} baseline)."
-                 if ratio is not None else "Profiler overhead: not measured.", ""]
+                 "", overhead_text(overhead), ""]
         self_col = "self_device_ms" if table.sort_by == "self_device" else "self_cpu_ms"
         rows = [[r["operator"], r["stage"], r["calls"], r[self_col], fmt(r["share_of_stage_pct"], 1)]
                 for r in table.rows()[:SUMMARY_TOP]]

@@ -1,5 +1,6 @@
-"""``python -m pytest_dsocr report RUN_DIR``: metrics.json, the summary and report.md rebuilt
-from the run's records file(s), as the session end writes them.
+"""``python -m pytest_dsocr report RUN_DIR``: metrics.json, the summary, report.md,
+resolved_config.yaml and the viz indexes rebuilt from the run's records file(s), as the session
+end writes them.
 
 Works on any run dir, finished or not: after a crash, a kill or a power cut, the records
 (``records.jsonl``; under xdist one per worker, concatenated) still hold every sample that
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dsocr.atomic import atomic_write_text
-from pytest_dsocr.collector import REPORT_FILE, SUMMARY_FILE
+from pytest_dsocr.collector import REPORT_FILE, SUMMARY_FILE, write_resolved_config
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.outputs.writers import write_viz_indexes
 from pytest_dsocr.recordlog import RECORDS_FILE, RecordLog, RunLog, read_records
 from pytest_dsocr.report.metrics import build_metrics, read_metrics, write_metrics
 from pytest_dsocr.report.model import RunMetrics
@@ -66,6 +68,9 @@ def rebuild(run_dir: str | Path) -> RunMetrics:
     )
     if parts:
         metrics = apply_merge(metrics, parts, xdist_section(parts, {}, None, None))
+    if metrics.config:
+        write_resolved_config(run_dir, metrics.config)
+        write_viz_indexes(run_dir, metrics.config)
     metrics = metrics.with_sections(plots=write_plots(metrics, run_dir))
     write_metrics(run_dir, metrics)
     extra = list(combined.summary_sections.items())

@@ -6,12 +6,16 @@ that were measured.
 
 ``efficiency`` (MFU/MBU, written by the static_analysis stage) is rendered when present by
 ``pytest_dsocr.analytic.efficiency.efficiency_markdown``, the renderer of that section's schema.
+Stage-neutral sections get their own blocks when present: ``dataset`` (what was found and what
+was skipped), ``sweep`` (the sweep files) and ``notes`` (skip reasons and warnings). A run that
+measured no page (a sweep or static analysis alone) says what it produced instead of empty
+tables. The resolved config is not printed: report.md links ``resolved_config.yaml``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from pytest_dsocr.report.markdown import (
@@ -24,6 +28,7 @@ from pytest_dsocr.report.markdown import (
     table,
 )
 from pytest_dsocr.report.model import Aggregates, ByWorker, RunMetrics
+from pytest_dsocr.report.spread import SpreadFacts, spread_facts
 from pytest_dsocr.report.stats import Stats
 from pytest_dsocr.stages import DECODE, PREFILL, VISION
 
@@ -35,9 +40,19 @@ NESTING_NOTE = (
     "sub-stages to it would count them twice."
 )
 OUTSIDE_SUBSTAGES = "outside sub-stages (decoder prefill, embedding merge)"
-# A stage whose standard deviation exceeds this fraction of its mean gets a takeaway line:
-# its per-page times spread widely (usually pages of different crop grids or lengths).
+# A stage whose standard deviation exceeds this fraction of its mean gets a takeaway line
+# saying where the spread comes from (report/spread.py: repeats of a page, pages, content).
 HIGH_SPREAD_CV = 0.25
+RESOLVED_CONFIG_FILE = "resolved_config.yaml"  # written beside report.md by the collector
+MAX_SKIPPED_ROWS = 20  # skipped dataset entries listed in the summary; metrics.json lists more
+# What a run produced besides measured pages, by metrics.json section, for a run that measured none.
+PRODUCTS = (
+    ("sweep", "analytic sweeps (`sweeps/*.csv`; see Sweeps)"),
+    ("static_analysis", "the static analysis (`static_analysis/static_compute.md`; see Static Analysis)"),
+    ("vendor_parity", "the vendor parity check (`vendor_parity/report.md`)"),
+    ("nsys", "Nsight Systems tables (`nsys/summary.md`)"),
+    ("ncu", "Nsight Compute kernel tables (`ncu/kernels.md`)"),
+)
 # Aggregates table: (label, path in aggregates). Rows with no measurement are left out.
 AGGREGATE_ROWS = (
     ("Prefill", lambda a: a.prefill_ms),
@@ -69,6 +84,11 @@ PLOT_TITLES = {
 }
 
 
+def measured(metrics: RunMetrics) -> bool:
+    """Whether the run measured any page (else it has no aggregates to show)."""
+    return bool(metrics.aggregates.runs or metrics.samples)
+
+
 def render_stakeholder_summary(metrics: RunMetrics, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     """stakeholder_summary.md: what a reader needs to judge the run, no per-sample rows."""
     parts = [f"# {SUMMARY_TITLE}\n", _status(metrics)]
@@ -85,25 +105,36 @@ def render_report(metrics: RunMetrics, extra_sections: Sequence[tuple[str, str]]
     for stage, aggregates in metrics.by_stage.items():
         parts.append(section(f"All Statistics: {stage}", _all_stats(aggregates), level=3))
     parts.append(section("Per-Sample Rows", _sample_rows(metrics)))
+    if any(failure.chain for failure in metrics.failures):
+        parts.append(section("Failure Details", _failure_details(metrics)))
     parts.append(section("Counts", key_value_table(metrics.counts.to_json())))
-    parts.append(section("Configuration", "```json\n" + json.dumps(metrics.config, indent=2, default=str) + "\n```"))
+    parts.append(section("Configuration", _configuration(metrics)))
     parts += [section(title, body) for title, body in extra_sections]
     return "\n".join(parts)
 
 
 def render_terminal_summary(metrics: RunMetrics) -> str:
     """A few lines for pytest's terminal summary: status, per-stage timings, takeaways."""
+    if not measured(metrics):
+        return _status(metrics)
     return "\n".join([_status(metrics), _stage_timings(metrics), "", _takeaways(metrics)])
 
 
 def _core_sections(metrics: RunMetrics) -> list[str]:
-    parts = [
-        section("Environment", _environment(metrics)),
-        section("Aggregates", _aggregates(metrics)),
-        section("Per-Stage Timings (ms)", _stage_timings(metrics)),
-        section("Stage Share (%)", _stage_shares(metrics)),
-        section("Stage Takeaways", _takeaways(metrics)),
-    ]
+    parts = [section("Environment", _environment(metrics))]
+    dataset = metrics.section("dataset")
+    if dataset:
+        parts.append(section("Dataset", _dataset(dataset)))
+    if measured(metrics):
+        parts += [
+            section("Aggregates", _aggregates(metrics)),
+            section("Per-Stage Timings (ms)", _stage_timings(metrics)),
+            section("Stage Share (%)", _stage_shares(metrics)),
+            section("Stage Takeaways", _takeaways(metrics)),
+        ]
+    sweep = metrics.section("sweep")
+    if sweep:
+        parts.append(section("Sweeps", _sweeps(sweep)))
     efficiency = metrics.section("efficiency")
     if efficiency:
         parts.append(section("Efficiency (MFU/MBU)", _efficiency(efficiency)))
@@ -113,6 +144,9 @@ def _core_sections(metrics: RunMetrics) -> list[str]:
         parts.append(section("Workers", _by_worker(metrics.by_worker)))
     if metrics.failures:
         parts.append(section("Failures", _failures(metrics)))
+    notes = metrics.section("notes")
+    if notes and (notes.get("skipped") or notes.get("warnings")):
+        parts.append(section("Notes", _notes(notes)))
     plots = _plots(metrics.section("plots"))
     if plots:
         parts.append(section("Plots", plots))
@@ -129,13 +163,27 @@ def _status(metrics: RunMetrics) -> str:
         reason = metrics.reason or "still running"
         lines.append(f"**Run incomplete** ({reason}): the numbers cover the runs finished so far.")
     runs = metrics.aggregates.runs
-    lines.append(
-        f"Aggregates from benchmark stage `{stage}` ({runs} runs); {fmt(counts.measured_runs)} "
-        f"measured runs of {fmt(counts.samples)} samples in all, {fmt(counts.failed)} failed."
-    )
+    if measured(metrics):
+        lines.append(
+            f"Aggregates from benchmark stage `{stage}` ({runs} runs); {fmt(counts.measured_runs)} "
+            f"measured runs of {fmt(counts.samples)} samples in all, {fmt(counts.failed)} failed."
+        )
+    else:
+        lines.append(_produced(metrics))
     if metrics.generated_at:
         lines.append(f"Generated {metrics.generated_at}.")
     return " ".join(lines) + "\n"
+
+
+def _produced(metrics: RunMetrics) -> str:
+    """What a run that measured no page did produce."""
+    if metrics.failures:
+        why = f"every sample attempt failed ({len(metrics.failures)} failure(s), see Failures)"
+    else:
+        why = "no inference stage ran in this session"
+    products = [text for name, text in PRODUCTS if metrics.section(name)]
+    made = ("It produced " + "; ".join(products) + ".") if products else "It produced no stage results."
+    return f"No page was measured: {why}. {made}"
 
 
 def _environment(metrics: RunMetrics) -> str:
@@ -241,7 +289,8 @@ def _stage_timings(metrics: RunMetrics) -> str:
         return "No stage was measured."
     subs = _substages(metrics)
     nested = f" and vision contains {', '.join(subs)}" if subs and VISION in stage_ms and subs != [VISION] else ""
-    return table(("Stage", "Mean", "Std", "p50", "p90"), rows) + "\n\n> " + NESTING_NOTE.format(subs=nested)
+    headers = ("Stage", "Mean (ms)", "Std (ms)", "p50 (ms)", "p90 (ms)")
+    return table(headers, rows) + "\n\n> " + NESTING_NOTE.format(subs=nested)
 
 
 def _mean(stage_ms: Mapping[str, Stats], name: str) -> float | None:
@@ -317,20 +366,148 @@ def _takeaways(metrics: RunMetrics) -> str:
             f"End to end: {fmt(throughput.pages_per_s, RATE_DIGITS)} pages/s, "
             f"TTFT p50 {fmt(aggregates.ttft_ms.p50)} ms."
         )
-    spread = [
-        f"{name} {pct(stats.std / stats.mean, 0)}%"
+    wide = [
+        name
         for name in _stage_order(metrics)
         for stats in (stage_ms[name],)
         if stats.count > 1 and stats.mean and stats.std / stats.mean > HIGH_SPREAD_CV
     ]
-    if spread:
-        lines.append(
-            f"Times vary widely between runs (std as % of the mean: {', '.join(spread)}): pages differ in "
-            "crop grid and output length, so read the medians and the per-sample rows, not the means alone."
-        )
+    if wide:
+        lines.append(_spread_line(metrics, wide))
     if metrics.counts.failed:
         lines.append(f"{metrics.counts.failed} sample run(s) failed (listed under Failures in the summary).")
     return "\n".join(f"- {line}" for line in lines) if lines else "No run was measured."
+
+
+def _cvs(pairs: Sequence[tuple[str, float]]) -> str:
+    return ", ".join(f"{name} {pct(cv, 0)}%" for name, cv in pairs)
+
+
+def _spread_line(metrics: RunMetrics, wide: Sequence[str]) -> str:
+    """Where the wide spread of the ``wide`` stages comes from, as far as the records show it:
+    repeats of one page (the machine), or pages that differ in output length (decode) or crop
+    grid (prefill and vision); what neither explains is said to point at the machine."""
+    stage_ms = metrics.aggregates.stage_ms
+    overall = _cvs([(name, stage_ms[name].std / stage_ms[name].mean) for name in wide])
+    facts = spread_facts(metrics.primary_samples(), wide)
+    if facts is None:  # an interim file without its samples: no claim about the cause
+        return (f"Times vary widely between runs (std as % of the mean: {overall}); read the medians and "
+                "the per-sample records, not the means alone.")
+    within = [(s.stage, s.within_page) for s in facts.stages if s.within_page is not None]
+    between = [(s.stage, s.between_pages) for s in facts.stages if s.between_pages is not None]
+    if within:
+        text = (f"Times vary widely between runs (std as % of the mean: {overall}): across the repeated runs "
+                f"of one page {_cvs(within)} (median over {facts.repeated_pages} pages)")
+        text += f", between pages (each page's median) {_cvs(between)}." if between else "."
+    else:
+        text = f"Times vary widely between pages (one run each; std as % of the mean: {overall})."
+    if any(cv > HIGH_SPREAD_CV for _, cv in within):
+        text += (" The same page took different times, so the machine's speed varied during the run (other "
+                 "load, clocks): rerun on a quiet machine or with more rounds.")
+    else:
+        text += " " + _content_explanation(facts, wide)
+    load = _load_note(metrics.env)
+    if load:
+        text += f" {load[0].upper()}{load[1:]}."
+    return text + " Read the medians and the per-sample rows, not the means alone."
+
+
+def _content_explanation(facts: SpreadFacts, wide: Sequence[str]) -> str:
+    """Whether output length (decode) and crop grid (prefill, vision) varied between the pages."""
+    sentences, unexplained = [], False
+    if DECODE in wide:
+        low, high = facts.tokens
+        if facts.length_varied:
+            sentences.append(f"Output length varied from {low} to {high} tokens, which decode time follows.")
+        else:
+            sentences.append(f"Output length was {low} tokens in every run, so it does not explain decode's spread.")
+            unexplained = True
+    image_stages = [name for name in wide if name != DECODE]
+    if image_stages:
+        grids = ", ".join("x".join(map(str, grid)) for grid in facts.grids)
+        names = ", ".join(image_stages)
+        if facts.grid_varied:
+            sentences.append(f"Pages used {len(facts.grids)} crop grids ({grids}), which {names} follow.")
+        else:
+            sentences.append(f"Every page had crop grid {grids}, so it does not explain the spread of {names}.")
+            unexplained = True
+    if unexplained:
+        sentences.append("What the pages do not explain points at the machine: its load or clocks likely varied.")
+    return " ".join(sentences)
+
+
+def _load_note(env: Mapping[str, Any]) -> str:
+    """The machine's load when the run started, when it exceeded its cores."""
+    load, cores = env.get("load_average_1m"), env.get("cpu_count")
+    if isinstance(load, (int, float)) and isinstance(cores, int) and cores > 0 and load >= cores:
+        return f"the 1-minute load average was {fmt(float(load))} on {cores} CPU cores when the run started"
+    return ""
+
+
+def _dataset(dataset: Mapping[str, Any]) -> str:
+    found = f"{fmt(dataset.get('discovered'))} images found in `{dataset.get('image_dir')}` " \
+            f"(selected by {dataset.get('selection')})"
+    skipped = dataset.get("skipped") or []
+    count = dataset.get("skipped_count") or 0
+    if not count:
+        return found + "; nothing under it was skipped."
+    rows = [(entry.get("path"), entry.get("reason")) for entry in skipped[:MAX_SKIPPED_ROWS]]
+    more = count - len(rows)
+    parts = [f"{found}; {count} {'entry under it was' if count == 1 else 'entries under it were'} skipped:",
+             table(("Skipped", "Why"), rows, numeric_from=2)]
+    if more > 0:
+        by_reason = ", ".join(f"{n} {reason}" for reason, n in (dataset.get("skipped_by_reason") or {}).items())
+        parts.append(f"And {more} more (metrics.json `dataset.skipped` lists up to {len(skipped)}); "
+                     f"all {count} by reason: {by_reason}.")
+    return "\n\n".join(parts)
+
+
+def _sweeps(sweep: Mapping[str, Any]) -> str:
+    files: dict[str, list[str]] = {}
+    for file in sweep.get("files") or ():
+        path = PurePath(str(file))
+        relative = f"{path.parent.name}/{path.name}"
+        files.setdefault(path.stem, []).append(f"[{relative}]({relative})")
+    rows = [(name, points, ", ".join(files.get(name, []))) for name, points in (sweep.get("points") or {}).items()]
+    model = " ".join(str(sweep.get(key)) for key in ("model_family", "model_size") if sweep.get(key))
+    lines = [f"Analytic cost model of {model} ({sweep.get('dtype')}, {sweep.get('attention')} attention), "
+             f"evaluated at every point in {fmt(sweep.get('evaluate_ms'))} ms; "
+             f"hardware {sweep.get('hardware') or 'none'} ({sweep.get('hardware_choice')}).",
+             table(("Sweep", "Points", "Files"), rows)]
+    lines += [f"_{note}_" for note in sweep.get("notes") or ()]
+    return "\n\n".join(lines)
+
+
+def _notes(notes: Mapping[str, Any]) -> str:
+    lines = [f"- Skipped {entry.get('stage')} ({entry.get('tests')} test(s)): {entry.get('reason')}"
+             for entry in notes.get("skipped") or ()]
+    lines += [f"- Warning: {entry.get('message')}" + (f" ({entry.get('count')}x)" if (entry.get("count") or 1) > 1 else "")
+              for entry in notes.get("warnings") or ()]
+    return "\n".join(lines)
+
+
+def _failure_details(metrics: RunMetrics) -> str:
+    blocks = []
+    for failure in metrics.failures:
+        if not failure.chain:
+            continue
+        steps = "\n".join(f"   {index}. {line}" for index, line in enumerate(failure.chain, start=1))
+        blocks.append(f"- `{failure.sample_id}` (epoch {failure.epoch}, {failure.stage}): {failure.error}\n{steps}")
+    return ("Each failure's exception chain, root cause first (the terminal and the Failures table show "
+            "the last line only):\n\n" + "\n".join(blocks))
+
+
+def _configuration(metrics: RunMetrics) -> str:
+    infer = metrics.config.get("infer") or {}
+    dataset = metrics.config.get("dataset") or {}
+    facts = {key: value for key, value in (
+        ("dataset.name", dataset.get("name")), ("dataset.root", dataset.get("root")),
+        ("infer.rounds", infer.get("rounds")), ("infer.warmup_rounds", infer.get("warmup_rounds")),
+        ("infer.temperature", infer.get("temperature")), ("infer.decode_backend", infer.get("decode_backend")),
+    ) if value is not None}
+    text = (f"The whole resolved configuration is in [`{RESOLVED_CONFIG_FILE}`]({RESOLVED_CONFIG_FILE}) "
+            "(and metrics.json `config`); the model keys are under Environment.")
+    return text + ("\n\n" + key_value_table(facts) if facts else "")
 
 
 def _efficiency(efficiency: Mapping[str, Any]) -> str:
