@@ -170,10 +170,18 @@ Pools = dict[str, dict[str, np.ndarray]]  # stage -> page -> recorded round valu
 
 
 def pools_of(records: Sequence[Mapping]) -> Pools:
-    """The recorded rounds as the gate reads them (``values_by_page``), as arrays per page."""
-    from pytest_dsocr.report.gate import values_by_page
+    """The recorded rounds as the gate reads them (``sample_metrics``, page keys as ``values_by_page``
+    makes them), one array per stage and page, aligned by round: index i of every stage is the
+    same round (NaN where a round lacks the stage, e.g. tpot of a one-token run; the gate's
+    per-page median skips it)."""
+    from pytest_dsocr.report.metrics import sample_metrics
 
-    return {stage: {page: np.asarray(v) for page, v in pages.items()} for stage, pages in values_by_page(records).items()}
+    rows: dict[str, list[dict[str, float]]] = {}
+    for record in records:
+        rows.setdefault(f"{record['sample_id']}#{record.get('prefill_len')}", []).append(sample_metrics(record))
+    stages = list(dict.fromkeys(stage for page_rows in rows.values() for row in page_rows for stage in row))
+    return {stage: {page: np.array([row.get(stage, math.nan) for row in page_rows]) for page, page_rows in rows.items()}
+            for stage in stages}
 
 
 def block_pools(data: Mapping) -> tuple[Pools, list[Pools]]:
