@@ -21,6 +21,7 @@ EXIT_USAGE = 2
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("pytest_dsocr.report.compare", "compare two saved runs stage by stage; exit 1 on a regression"),
     "nsys-report": ("pytest_dsocr.profilers.nsys_cli", "fold an Nsight Systems report into GPU time per stage"),
+    "report": ("pytest_dsocr.report.rebuild", "rebuild metrics.json, the summary and report.md from a run's records"),
 }
 
 

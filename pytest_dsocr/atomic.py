@@ -24,9 +24,13 @@ FILE_MODE = 0o666  # before the umask, as open() uses
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike[str], durable: bool = True) -> Iterator[BinaryIO]:
     """A binary handle whose content replaces ``path`` only when the block ends without error
-    (for files written in a stream, e.g. a large gzipped trace)."""
+    (for files written in a stream, e.g. a large gzipped trace).
+
+    ``durable=False`` skips the fsync: the replace is still atomic for every reader and
+    survives a crash of this process, not a power cut (interim files rewritten often).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -35,27 +39,28 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
 
 
-def _atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    with atomic_open(path) as handle:
+def _atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], durable: bool = True) -> Path:
+    with atomic_open(path, durable) as handle:
         write(handle)
     return Path(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> Path:
     """Replace ``path`` with ``data`` atomically."""
-    return _atomic(path, lambda handle: handle.write(data))
+    return _atomic(path, lambda handle: handle.write(data), durable)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, durable: bool = True) -> Path:
     """Replace ``path`` with UTF-8 ``text`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
 def json_safe(value: Any) -> Any:

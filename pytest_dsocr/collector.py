@@ -1,53 +1,84 @@
-"""Session-wide collection of runs, failures and stage sections, written out after every sample.
+"""Session-wide collection of runs, failures and stage sections: recorded as they come, derived
+into metrics.json and the summary at bounded cost while the run goes on, in full at the end.
 
-metrics.json and the stakeholder summary are rewritten (atomically) after each sample with
-``"complete": false`` and ``"reason": "still running"``, so a run that is interrupted, or
-killed outright, keeps every sample measured so far; the session end rewrites them with
-``"complete": true`` (or false and why it stopped) and adds report.md and plots.
+Every event goes to the append-only records file first (:mod:`pytest_dsocr.recordlog`): one
+line, flushed before the call returns, so a killed run keeps every sample it finished and
+``python -m pytest_dsocr report RUN_DIR`` rebuilds the same metrics.json and summary from it.
+metrics.json and the stakeholder summary are rewritten from cheap running aggregates
+(:mod:`pytest_dsocr.report.running`) at most every :data:`INTERIM_INTERVAL_S` seconds with
+``"complete": false, "reason": "still running"``; the session end writes the full files
+(percentiles, intervals, every sample), report.md and plots.
 
-Under pytest-xdist a worker's collector (``worker`` set) writes only its own partial
-``<run>/workers/<id>/metrics.json``, in the same way after every sample, and stamps its id
-on every record; the controller merges those files (:mod:`pytest_dsocr.xdist`).
+Under pytest-xdist a worker's collector (``worker`` set) keeps its records file and interim
+metrics.json in ``<run>/workers/<id>/`` and stamps its id on every record; the controller
+concatenates the workers' records (:mod:`pytest_dsocr.xdist`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from pytest_dsocr.atomic import atomic_write_text
+from pytest_dsocr.recordlog import END, FAILURE, RECORDS_FILE, RUN, SECTION, SESSION, SUMMARY_SECTION, RecordLog
 from pytest_dsocr.records import ImageRun, SampleFailure
-from pytest_dsocr.report.metrics import build_metrics, write_metrics
+from pytest_dsocr.report.metrics import INTERIM_SAMPLES, build_metrics, now_utc, write_metrics
+from pytest_dsocr.report.model import Counts, RunMetrics, primary_stage
+from pytest_dsocr.report.plots import write_plots
+from pytest_dsocr.report.running import RunningAggregates
 from pytest_dsocr.report.summary import render_report, render_stakeholder_summary
+from pytest_dsocr.rundir import new_worker_dir
+from pytest_dsocr.stages import StageTree, vision_parts_in
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "stakeholder_summary.md"
 REPORT_FILE = "report.md"
 RUNNING = "still running"  # the reason of every write before the session ends
-# Key of a worker's partial metrics.json that carries what only the merge needs.
-WORKER_KEY = "xdist_worker"
+INTERIM_INTERVAL_S = 2.0  # interim metrics.json/summary rewrites at most this often
+
+MetricsTransform = Callable[[RunMetrics], RunMetrics]
 
 
 class Collector:
-    """Everything measured in one pytest session (or one xdist worker); owns metrics.json."""
+    """Everything measured in one pytest session (or one xdist worker); owns its records file,
+    metrics.json and summary."""
 
     def __init__(self, run_dir: Callable[[], Path], config: dict, env: Callable[[], dict],
-                 memory: Callable[[], dict], counts: dict, *, worker: str | None = None) -> None:
+                 memory: Callable[[], dict], counts: dict, *, worker: str | None = None,
+                 tree: StageTree | None = None, identity: dict | None = None,
+                 interim_interval_s: float = INTERIM_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self._run_dir = run_dir  # created lazily: a session that measures nothing writes nothing
         self.config = config
-        self._env = env
+        self._env_source = env
+        self._env: dict | None = None
         self._memory = memory
         self.counts = counts
         self.worker = worker
+        self.tree = tree
+        self.identity = identity
+        self.interim_interval_s = interim_interval_s
+        self._clock = clock
         self._worker_dir: Path | None = None
+        self._log: RecordLog | None = None
+        self._running = RunningAggregates()
+        self._attempts: set[tuple[int, str]] = set()  # distinct (epoch, sample) measured or failed
+        self._last_interim: float | None = None
+        self._finished = False  # the full files are written: no interim rewrite after that
         self.records: list[ImageRun] = []
         self.failures: list[SampleFailure] = []
-        self.sections: dict[str, dict] = {}
+        self.sections: dict[str, Any] = {}
         self.summary_sections: dict[str, str] = {}
-        self.hooks_for_metrics: list[Callable[[dict], None]] = []
+        # RunMetrics -> RunMetrics before every write (the xdist controller completes env/memory)
+        self.transforms: list[MetricsTransform] = []
+        # dict -> None on the json form before every write (the user's pytest_dsocr_update_metrics)
+        self.json_hooks: list[Callable[[dict], None]] = []
+
+    # -- where ----------------------------------------------------------------------------
 
     @property
     def run_dir(self) -> Path:
@@ -55,14 +86,16 @@ class Collector:
 
     @property
     def metrics_dir(self) -> Path:
-        """Where metrics.json goes: the run dir, or this worker's own folder under it."""
+        """Where metrics.json and records.jsonl go: the run dir, or this worker's folder under it."""
         if self.worker is None:
             return self.run_dir
         if self._worker_dir is None:
-            from pytest_dsocr.rundir import new_worker_dir
-
             self._worker_dir = new_worker_dir(self.run_dir, self.worker)
         return self._worker_dir
+
+    @property
+    def records_path(self) -> Path:
+        return self.metrics_dir / RECORDS_FILE
 
     @property
     def worker_label(self) -> str | None:
@@ -73,79 +106,152 @@ class Collector:
     def has_data(self) -> bool:
         return bool(self.records or self.failures or self.sections)
 
-    def add_runs(self, runs: list[ImageRun]) -> None:
+    @property
+    def env(self) -> dict:
+        """The environment, collected once (git, device properties) and reused by every write."""
+        if self._env is None:
+            self._env = self._env_source()
+        return self._env
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _record(self, kind: str, payload: dict[str, Any]) -> None:
+        if self._log is None:
+            self._log = RecordLog(self.records_path)
+            self._log.append(SESSION, {
+                "config": self.config, "env": self.env, "counts": self.counts, "identity": self.identity,
+                "worker": self.worker_label, "stage_tree": list(self.tree.vision_parts) if self.tree else None,
+            })
+        self._log.append(kind, payload)
+
+    def add_runs(self, runs: Sequence[ImageRun]) -> None:
         label = self.worker_label
-        if label is not None:
-            runs = [dataclasses.replace(run, worker=label) for run in runs]
-        self.records.extend(runs)
+        for run in runs:
+            if label is not None:
+                run = dataclasses.replace(run, worker=label)
+            self._record(RUN, run.to_json())
+            self.records.append(run)
+            self._running.add(run)
+            self._attempts.add((run.epoch, run.sample_id))
         self.flush()
 
     def add_failure(self, failure: SampleFailure) -> None:
+        self._record(FAILURE, failure.to_json())
         self.failures.append(failure)
-        self.flush()
+        self._attempts.add((failure.epoch, failure.sample_id))
+        self.flush(force=True)
 
-    def add_section(self, name: str, data: dict) -> None:
+    def add_section(self, name: str, data: Any) -> None:
         """A stage's own section of metrics.json (e.g. static_analysis, nsys, parity)."""
+        self._record(SECTION, {"name": name, "data": data})
         self.sections[name] = data
-        self.flush()
+        self.flush(force=True)
 
     def add_summary_section(self, title: str, markdown: str) -> None:
         """A titled markdown block appended to the stakeholder summary."""
+        self._record(SUMMARY_SECTION, {"title": title, "markdown": markdown})
         self.summary_sections[title] = markdown
-        if self.worker is not None and self.has_data:
-            self.flush()  # the worker file carries it to the controller's summary
+        self.flush(force=True)
 
     def replace_contents(self, records: list[ImageRun], failures: list[SampleFailure],
-                         sections: dict[str, dict], summary_sections: dict[str, str]) -> None:
-        """Take the merged records of every xdist worker (the controller measures nothing)."""
+                         sections: dict[str, Any], summary_sections: dict[str, str]) -> None:
+        """Take the concatenated records of every xdist worker (the controller measures nothing)."""
         self.records = list(records)
         self.failures = list(failures)
         self.sections = dict(sections)
         self.summary_sections = {**summary_sections, **self.summary_sections}
+        self._running = RunningAggregates()
+        for run in self.records:
+            self._running.add(run)
+        self._attempts = {(r.epoch, r.sample_id) for r in self.records} | {
+            (f.epoch, f.sample_id) for f in self.failures}
 
     def records_for(self, stage: str) -> list[ImageRun]:
         return [r for r in self.records if r.stage == stage]
 
-    def metrics(self, *, complete: bool, reason: str | None = None) -> dict:
+    # -- metrics --------------------------------------------------------------------------
+
+    def metrics(self, *, complete: bool, reason: str | None = None) -> RunMetrics:
+        """The full metrics of what is known now (every statistic, every sample)."""
         metrics = build_metrics(
-            self.records, self.failures, env=self._env(), config=self.config,
+            self.records, self.failures, env=self.env, config=self.config, tree=self.tree,
             sections=self.sections, complete=complete, reason=reason, counts=self.counts,
-            memory=self._memory(),
+            memory=self._memory(), identity=self.identity, records_file=RECORDS_FILE if self._log else None,
         )
-        if self.worker is not None:
-            metrics[WORKER_KEY] = {"id": self.worker, "label": self.worker_label,
-                                   "summary_sections": dict(self.summary_sections)}
-        for hook in self.hooks_for_metrics:
-            hook(metrics)
+        return self._transformed(metrics)
+
+    def interim_metrics(self) -> RunMetrics:
+        """Metrics at constant cost: running aggregates of the headline stage, no percentiles,
+        samples only while there are few (the records file has them all)."""
+        stage = primary_stage(self._running.stages)
+        parts = vision_parts_in(self._substage_names(), self.tree.vision_parts if self.tree else ())
+        aggregates = self._running.aggregates(stage, parts)
+        measured = len(self.records)
+        infer = self.config.get("infer") or {}
+        counts = Counts.from_json({
+            "warmup_rounds": infer.get("warmup_rounds"), "rounds": infer.get("rounds"),
+            "samples": len(self._attempts), "measured_runs": measured, "failed": len(self.failures),
+            **self.counts,
+        })
+        metrics = RunMetrics(
+            complete=False, reason=RUNNING, aggregates_stage=stage, aggregates=aggregates,
+            stage_nesting=(self.tree or StageTree(tuple(parts))).nesting(aggregates.stage_ms),
+            counts=counts, error_rate=None, memory=self._memory(), env=self.env, config=self.config,
+            samples=tuple(self.records) if measured <= INTERIM_SAMPLES else (),
+            failures=tuple(self.failures), identity=self.identity, records=RECORDS_FILE,
+            sections=dict(self.sections),
+        )
+        return self._transformed(metrics)
+
+    def _substage_names(self) -> dict[str, None]:
+        names: dict[str, None] = {}
+        for run in self.records[-1:]:
+            names.update(dict.fromkeys(run.substage_ms))
+        return names
+
+    def _transformed(self, metrics: RunMetrics) -> RunMetrics:
+        metrics = dataclasses.replace(metrics, generated_at=now_utc())
+        for transform in self.transforms:
+            metrics = transform(metrics)
         return metrics
 
-    def flush(self, *, complete: bool = False, reason: str | None = RUNNING) -> dict:
-        """Rewrite metrics.json (and the summary, outside workers) with what is known now."""
-        metrics = self.metrics(complete=complete, reason=reason)
-        write_metrics(self.metrics_dir, metrics)
+    def _write(self, metrics: RunMetrics, durable: bool) -> None:
+        write_metrics(self.metrics_dir, metrics, durable=durable, hooks=self.json_hooks)
         if self.worker is None:
-            self.rewrite_summary(metrics)
-        return metrics
+            self.rewrite_summary(metrics, durable=durable)
 
-    def rewrite_summary(self, metrics: dict) -> None:
-        """Re-render the stakeholder summary from final metrics (e.g. after the regression gate)."""
+    def flush(self, *, force: bool = False) -> None:
+        """Rewrite the interim metrics.json and summary when due (at most every
+        ``interim_interval_s``; ``force`` for rare events such as a failure or a section)."""
+        if self._finished:
+            return
+        now = self._clock()
+        if not force and self._last_interim is not None and now - self._last_interim < self.interim_interval_s:
+            return
+        self._last_interim = now
+        self._write(self.interim_metrics(), durable=False)
+
+    def rewrite_summary(self, metrics: RunMetrics, durable: bool = True) -> None:
+        """Re-render the stakeholder summary (e.g. after the regression gate)."""
         sections = list(self.summary_sections.items())
-        atomic_write_text(self.run_dir / SUMMARY_FILE, render_stakeholder_summary(metrics, sections))
+        atomic_write_text(self.run_dir / SUMMARY_FILE, render_stakeholder_summary(metrics, sections), durable)
 
-    def finish(self, *, complete: bool, reason: str | None = None) -> dict:
+    def finish(self, *, complete: bool, reason: str | None = None) -> RunMetrics:
         """Final write: metrics.json, summary, report.md and plots (when matplotlib is there).
 
-        A worker writes only its partial metrics.json; the controller writes the rest.
+        A worker writes only its records' end line and its metrics.json; the controller the rest.
         """
-        if self.worker is not None:
-            return self.flush(complete=complete, reason=reason)
-        from pytest_dsocr.report.plots import write_plots
-
+        self._finished = True
+        if self._log is not None:
+            self._log.append(END, {"complete": complete, "reason": reason, "memory": self._memory()})
+            self._log.close()
         metrics = self.metrics(complete=complete, reason=reason)
+        if self.worker is not None:
+            write_metrics(self.metrics_dir, metrics, hooks=self.json_hooks)
+            return metrics
         run_dir = self.run_dir
-        plots = write_plots(metrics, run_dir)
-        metrics["plots"] = plots
-        write_metrics(run_dir, metrics)
+        metrics = metrics.with_sections(plots=write_plots(metrics, run_dir))
+        write_metrics(run_dir, metrics, hooks=self.json_hooks)
         self.rewrite_summary(metrics)
         atomic_write_text(run_dir / REPORT_FILE, render_report(metrics, list(self.summary_sections.items())))
         return metrics

@@ -11,7 +11,7 @@ model is built.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -23,16 +23,18 @@ from pytest_dsocr.analytic.config import StaticAnalysisConfig, SweepConfig
 from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.families import DEFAULT_FAMILY, FAMILY_NAMES
+from pytest_dsocr.hardware import hardware_names
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
+from pytest_dsocr.report.gate import parse_inconclusive, parse_min_pages, parse_stage_thresholds, parse_threshold
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).parent / "conf"
 MAIN_CONFIG = "config.yaml"
 
-FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
 SIZES = ("tiny", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODE_BACKENDS = ("eager", "static")
@@ -58,7 +60,7 @@ HARDWARE_GROUP = "hardware"
 
 @dataclass
 class ModelConfig:
-    family: str = "deepseek_ocr"  # deepseek_ocr (v1) | deepseek_ocr2 (v2)
+    family: str = DEFAULT_FAMILY  # deepseek_ocr (v1) | deepseek_ocr2 (v2): see pytest_dsocr.families
     size: str = "tiny"  # tiny (small widths, built offline in seconds) | full (published architecture)
     path: Optional[str] = None  # local checkpoint folder (config.json, *.safetensors, tokenizer); None = random init
     base_size: int = 1024  # global view side in pixels
@@ -256,7 +258,7 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the type system cannot express; each error names its key."""
     model, infer = cfg.model, cfg.infer
-    _check_choice("model.family", model.family, FAMILIES)
+    _check_choice("model.family", model.family, FAMILY_NAMES)
     _check_choice("model.size", model.size, SIZES)
     _check_choice("model.dtype", model.dtype, DTYPES)
     _check_choice("infer.decode_backend", infer.decode_backend, DECODE_BACKENDS)
@@ -278,15 +280,13 @@ def validate(cfg: DictConfig) -> None:
     if infer.rounds < 1:
         raise DsocrError(f"infer.rounds={infer.rounds}: must be >= 1")
     validate_sampling_config(cfg.dataset.sampling)
-    for stage in ("direct_inference", "torch_profiler", "vendor_parity"):
+    for stage in (f.name for f in fields(PipelineConfig)):  # the stages that write outputs
         validate_stage_output_config(cfg.pipeline[stage].output, prefix=f"pipeline.{stage}.output")
     validate_profiling_config(cfg.profiling)
     validate_gate_config(cfg.gate)
     for key in ("static_analysis", "sweep"):
         _check_choice(f"{key}.attention", cfg[key].attention, ATTENTION_MODES)
     if cfg.hardware.name:
-        from pytest_dsocr.hardware import hardware_names
-
         if cfg.hardware.name not in hardware_names():
             raise DsocrError(f"hardware.name={cfg.hardware.name!r}: no table in conf/hardware "
                              f"(known: {', '.join(hardware_names())})")
@@ -296,8 +296,6 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_gate_config(gate: DictConfig) -> None:
     """The gate's options parse as the gate will parse them (errors name the key)."""
-    from pytest_dsocr.report.gate import parse_inconclusive, parse_min_pages, parse_stage_thresholds, parse_threshold
-
     parse_threshold(gate.max_regression, "gate.max_regression")
     parse_stage_thresholds(gate.per_stage)
     parse_inconclusive(gate.inconclusive, "gate.inconclusive")

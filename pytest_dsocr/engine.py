@@ -17,10 +17,9 @@ import torch
 from pytest_dsocr import nvtx
 from pytest_dsocr.decoding import DecodePolicy, token_budget
 from pytest_dsocr.records import ImageRun, Sample
+from pytest_dsocr.stages import DECODE, HOST_STAGES, PREFILL, PREPROCESS, VISION
 from pytest_dsocr.timing import ModuleTimers, StageTimer
 
-# Stages measured on the host clock even on a GPU: pure CPU work (image decode, resize, tokenize).
-HOST_STAGES = frozenset({"preprocess"})
 
 
 class ProfilingHooks:
@@ -136,11 +135,11 @@ class Engine:
     def _infer(self, sample: Sample, stage: str, timer: StageTimer | None, round_index: int) -> ImageRun:
         adapter, policy = self.adapter, self.policy
         wall_start = time.perf_counter()
-        with self._stage("preprocess", timer):
+        with self._stage(PREPROCESS, timer):
             image = adapter.load(sample.image_path)
             prepared = adapter.prepare(image)
-        with self._stage("prefill", timer):
-            with self._stage("vision", timer):
+        with self._stage(PREFILL, timer):
+            with self._stage(VISION, timer):
                 image_embeds = adapter.encode_images(prepared)
             logits, cache = adapter.prefill(prepared, image_embeds)
             prompt_ids = prepared.input_ids
@@ -160,7 +159,7 @@ class Engine:
         generated: list[int] = []
         finish_reason = "length"
         decode_context = getattr(adapter, "decode_context", nullcontext)
-        with self._stage("decode", timer), decode_context():
+        with self._stage(DECODE, timer), decode_context():
             while True:
                 seen[:, length] = token
                 length += 1
@@ -174,9 +173,9 @@ class Engine:
                 logits = adapter.decode_step(token, cache)
                 token = policy.select(seen[:, :length], logits, processors, generator)
         wall_ms = (time.perf_counter() - wall_start) * 1e3
-        times = timer.elapsed_ms() if timer is not None else {"prefill": wall_ms, "decode": 0.0}
-        preprocess_ms = times.get("preprocess", 0.0)
-        prefill_ms = times.get("prefill", 0.0)
+        times = timer.elapsed_ms() if timer is not None else {PREFILL: wall_ms, DECODE: 0.0}
+        preprocess_ms = times.get(PREPROCESS, 0.0)
+        prefill_ms = times.get(PREFILL, 0.0)
         return ImageRun(
             sample_id=sample.sample_id,
             image_path=str(sample.image_path),
@@ -185,8 +184,8 @@ class Engine:
             stage=stage,
             preprocess_ms=preprocess_ms,
             prefill_ms=prefill_ms,
-            decode_ms=times.get("decode", 0.0),
-            vision_ms=times.get("vision", 0.0),
+            decode_ms=times.get(DECODE, 0.0),
+            vision_ms=times.get(VISION, 0.0),
             ttft_ms=preprocess_ms + prefill_ms,
             tokens=len(generated),
             prefill_len=int(prompt_ids.shape[1]),

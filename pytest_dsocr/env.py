@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
+
+import pytest_dsocr
+from pytest_dsocr.models import resolve_device as checked_device
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is the first CUDA device when one is visible, else the CPU; other names as
     :func:`pytest_dsocr.models.resolve_device` checks them."""
-    from pytest_dsocr.models import resolve_device as checked_device
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return checked_device(name)
@@ -38,10 +40,6 @@ def _git_commit(root: Path) -> str | None:
 
 
 def collect_env(device: torch.device | None = None, root: Path | None = None) -> dict:
-    import transformers
-
-    import pytest_dsocr
-
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),

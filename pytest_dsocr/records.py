@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,26 @@ class ImageRun:
         return self.decode_ms / (self.tokens - 1) if self.tokens > 1 else None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["crop_grid"] = list(self.crop_grid)
-        data["tpot_ms"] = self.tpot_ms
-        data["token_ids"] = list(self.token_ids)
-        return data
+        """Plain JSON types, every field plus ``tpot_ms`` (written field by field: a long run
+        turns a hundred thousand records into json, where ``dataclasses.asdict`` is slow)."""
+        return {
+            "sample_id": self.sample_id, "image_path": self.image_path, "epoch": self.epoch, "round": self.round,
+            "stage": self.stage, "preprocess_ms": self.preprocess_ms, "prefill_ms": self.prefill_ms,
+            "decode_ms": self.decode_ms, "vision_ms": self.vision_ms, "ttft_ms": self.ttft_ms,
+            "tokens": self.tokens, "prefill_len": self.prefill_len, "image_tokens": self.image_tokens,
+            "crop_grid": list(self.crop_grid), "text_raw": self.text_raw, "substage_ms": dict(self.substage_ms),
+            "finish_reason": self.finish_reason, "device": self.device, "worker": self.worker,
+            "token_ids": list(self.token_ids), "tpot_ms": self.tpot_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageRun:
+        """The record :meth:`to_json` wrote (derived keys such as ``tpot_ms`` are recomputed)."""
+        values = {key: value for key, value in data.items() if key in _IMAGE_RUN_FIELDS}
+        values["crop_grid"] = tuple(values.get("crop_grid") or (1, 1))
+        values["token_ids"] = tuple(values.get("token_ids") or ())
+        values["substage_ms"] = dict(values.get("substage_ms") or {})
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -90,3 +106,11 @@ class SampleFailure:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SampleFailure:
+        return cls(**{key: value for key, value in data.items() if key in _FAILURE_FIELDS})
+
+
+_IMAGE_RUN_FIELDS = frozenset(f.name for f in fields(ImageRun))
+_FAILURE_FIELDS = frozenset(f.name for f in fields(SampleFailure))

@@ -23,7 +23,11 @@ from pytest_dsocr.engine import NO_HOOKS, Engine, ProfilingHooks
 from pytest_dsocr.env import resolve_device
 from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.families import family
+from pytest_dsocr.outputs.writers import StageOutputs
+from pytest_dsocr.parity import ENGAGED_MESSAGE
 from pytest_dsocr.records import ImageRun, Sample, SampleFailure
+from pytest_dsocr.xdist import LockedPredictionWriter
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +41,10 @@ class SampleFailed(Exception):
 
 
 def build_adapter(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
-    """The engine adapter of ``model.family``."""
-    if cfg.model.family == "deepseek_ocr":
-        from pytest_dsocr.models.deepseek_ocr.adapter import DeepseekOCRAdapter
-
-        return DeepseekOCRAdapter(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
-    if cfg.model.family == "deepseek_ocr2":
-        from pytest_dsocr.models.deepseek_ocr2.adapter import DeepseekOCR2Adapter
-
-        return DeepseekOCR2Adapter(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
-    raise DsocrError(f"model.family={cfg.model.family!r}: not supported (supported: deepseek_ocr, deepseek_ocr2)")
+    """The engine adapter of ``model.family`` (named by its registry entry)."""
+    entry = family(cfg.model.family)
+    entry.check_size(cfg.model.size)
+    return entry.load("adapter")(cfg.model, device, dtype, cfg.infer.prompt, cfg.infer.decode_backend)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -82,23 +80,19 @@ class DsocrSession:
 
     @cached_property
     def engine(self) -> Engine:
-        from pytest_dsocr.parity import ENGAGED_MESSAGE
-
         log.info(ENGAGED_MESSAGE)
         return Engine(self.adapter, self.policy, self.max_new_tokens)
 
     def outputs(self, stage: str):
         """Prediction/visualization writers of ``pipeline.<stage>.output`` under <run>/<stage>/."""
         if stage not in self._outputs:
-            from pytest_dsocr.outputs.writers import StageOutputs
-
             stage_cfg = self.config.pipeline.get(stage)
             output_cfg = stage_cfg.output if stage_cfg is not None else self.config.pipeline.direct_inference.output
             prefix = f"pipeline.{stage if stage_cfg is not None else 'direct_inference'}.output"
             writer = None
             if self.collector.worker is not None:
                 # xdist workers share the stage's predictions.jsonl: append under a file lock
-                from pytest_dsocr.xdist import LockedPredictionWriter as writer
+                writer = LockedPredictionWriter
             self._outputs[stage] = StageOutputs(self.collector.run_dir / stage, output_cfg, key_prefix=prefix,
                                                 prediction_writer=writer)
         return self._outputs[stage]

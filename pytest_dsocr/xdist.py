@@ -21,7 +21,8 @@ Without either, the workers start it when they collect a stage test and share on
 
 Each worker loads its own model, measures with the stage timers (pytest-benchmark switches
 itself off under xdist, so its table is absent and metrics.json never depends on it), and
-rewrites ``<run>/workers/<id>/metrics.json`` after every sample. Stage outputs go to the
+appends every sample to ``<run>/workers/<id>/records.jsonl``; the controller's merge is the
+concatenation of those files. Stage outputs go to the
 shared stage folders: viz folders are named by the md5 of the image path, and the tests of
 one image stay on one worker (below), so no two workers write the same folder;
 ``predictions.jsonl`` stays one file per stage, each line appended under an exclusive
@@ -37,25 +38,27 @@ trace.json.gz, kernels.csv) that one worker must own.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import re
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_dsocr.collector import RUNNING, WORKER_KEY
 from pytest_dsocr.outputs.writers import PredictionWriter
-from pytest_dsocr.records import ImageRun, SampleFailure
-from pytest_dsocr.report.metrics import CORE_KEYS, METRICS_FILE
-from pytest_dsocr.rundir import WORKERS_DIR
-from pytest_dsocr.stages import STAGES
+from pytest_dsocr.report.model import RunMetrics
+from pytest_dsocr.report.workers import (
+    WorkerPart,
+    apply_merge,
+    merge_parts,
+    read_worker_parts,
+    workers_reason,
+    xdist_section,
+)
+from pytest_dsocr.state import finish_run
+from pytest_dsocr.stages import BENCHMARK_STAGES
 from pytest_dsocr.xdist_setup import ANY_GPU_DEVICES, GPU_KEY, RUN_DIR_KEY, assign_gpus, visible_gpus
 
 try:
@@ -74,7 +77,7 @@ MERGE_INTERVAL_S = 5.0  # the controller re-merges worker records at most this o
 
 def group_for(item: pytest.Item) -> str | None:
     """The ``xdist_group`` of a stage test (see the module docstring); None: no group."""
-    for stage in STAGES:
+    for stage in BENCHMARK_STAGES:
         if item.get_closest_marker(stage) is None:
             continue
         if stage == PER_IMAGE_STAGE:
@@ -131,155 +134,7 @@ class LockedPredictionWriter(PredictionWriter):
             self._lock_fd = None
 
 
-# --- merging worker records -----------------------------------------------------------------------
-
-
-@dataclass
-class WorkerPart:
-    """One worker's partial metrics.json as read by the controller."""
-
-    label: str  # its folder under <run>/workers: gw0, or gw0-2 for a restarted worker
-    path: Path
-    metrics: dict | None = None
-    error: str | None = None  # why it could not be read
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.metrics and self.metrics.get("complete"))
-
-    @property
-    def reason(self) -> str | None:
-        if self.error:
-            return self.error
-        return None if self.complete else (self.metrics or {}).get("reason") or RUNNING
-
-
-def _worker_order(path: Path) -> tuple:
-    numbers = [int(n) for n in re.findall(r"\d+", path.name)]
-    return (numbers, path.name)
-
-
-def read_worker_parts(run_dir: Path) -> list[WorkerPart]:
-    """Every ``<run>/workers/*/metrics.json``, in worker order (gw2 before gw10)."""
-    parts = []
-    folder = Path(run_dir) / WORKERS_DIR
-    if not folder.is_dir():
-        return parts
-    for worker_dir in sorted((p for p in folder.iterdir() if p.is_dir()), key=_worker_order):
-        label, path = worker_dir.name, worker_dir / METRICS_FILE
-        if not path.is_file():
-            continue  # reserved, nothing measured yet
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            parts.append(WorkerPart(label, path, error=f"worker {label}: cannot read {path} ({exc})"))
-            continue
-        parts.append(WorkerPart(label, path, metrics=data))
-    return parts
-
-
-def run_from_json(data: Mapping[str, Any]) -> ImageRun:
-    """The ImageRun a record json was made from (``ImageRun.to_json`` inverted)."""
-    names = {f.name for f in dataclasses.fields(ImageRun)}
-    values = {key: value for key, value in data.items() if key in names}
-    values["crop_grid"] = tuple(values.get("crop_grid") or (1, 1))
-    values["token_ids"] = tuple(values.get("token_ids") or ())
-    values["substage_ms"] = dict(values.get("substage_ms") or {})
-    return ImageRun(**values)
-
-
-def failure_from_json(data: Mapping[str, Any]) -> SampleFailure:
-    names = {f.name for f in dataclasses.fields(SampleFailure)}
-    return SampleFailure(**{key: value for key, value in data.items() if key in names})
-
-
-@dataclass
-class Merged:
-    records: list[ImageRun]
-    failures: list[SampleFailure]
-    sections: dict[str, Any]
-    summary_sections: dict[str, str]
-    section_sources: dict[str, str]  # section name -> the worker it was taken from
-
-
-def merge_parts(parts: Sequence[WorkerPart]) -> Merged:
-    """Records, failures and stage sections of every readable worker part.
-
-    A stage section written by several workers (which the stage groups prevent) is taken
-    from the first worker; each worker's own file keeps its copy.
-    """
-    merged = Merged([], [], {}, {}, {})
-    for part in parts:
-        if part.metrics is None:
-            continue
-        merged.records += [run_from_json(s) for s in part.metrics.get("samples") or []]
-        merged.failures += [failure_from_json(f) for f in part.metrics.get("failures") or []]
-        for key, value in part.metrics.items():
-            if key in CORE_KEYS or key in (WORKER_KEY, "plots"):
-                continue
-            if key not in merged.sections:
-                merged.sections[key] = value
-                merged.section_sources[key] = part.label
-        worker = part.metrics.get(WORKER_KEY) or {}
-        for title, markdown in (worker.get("summary_sections") or {}).items():
-            merged.summary_sections.setdefault(title, markdown)
-    return merged
-
-
-def workers_reason(parts: Sequence[WorkerPart]) -> str | None:
-    """Why the merged run is incomplete on the workers' side, or None when every part is."""
-    unfinished = [f"{part.label}: {part.reason}" for part in parts if not part.complete]
-    return f"worker(s) did not finish ({'; '.join(unfinished)})" if unfinished else None
-
-
-def xdist_section(parts: Sequence[WorkerPart], gpus: Mapping[str, str], dist: str | None,
-                  wall_s: float | None) -> dict[str, Any]:
-    """The ``xdist`` section of the merged metrics.json: one entry per worker process."""
-    workers = {}
-    for part in parts:
-        metrics = part.metrics or {}
-        env = metrics.get("env") or {}
-        worker = (metrics.get(WORKER_KEY) or {}).get("id") or part.label
-        workers[part.label] = {
-            "metrics": str(part.path.relative_to(part.path.parent.parent.parent)),
-            "complete": part.complete,
-            "reason": part.reason,
-            "cuda_visible_devices": env.get("cuda_visible_devices") or gpus.get(worker),
-            "device": env.get("device"),
-            "device_name": env.get("device_name"),
-            "measured_runs": len(metrics.get("samples") or []),
-            "failed": len(metrics.get("failures") or []),
-            "memory": metrics.get("memory"),
-        }
-    return {
-        "dist": dist,
-        "workers": workers,
-        "gpu_assignment": dict(gpus),
-        "wall_s": wall_s,
-        "predictions": "one predictions.jsonl per stage, lines appended under flock by every worker",
-    }
-
-
-def apply_merge(metrics: MutableMapping[str, Any], parts: Sequence[WorkerPart], section: dict) -> None:
-    """Complete the controller's metrics with what only the workers know (metrics hook)."""
-    readable = [part.metrics for part in parts if part.metrics]
-    if readable:
-        env = dict(readable[0].get("env") or {})
-        env["argv"] = metrics.get("env", {}).get("argv", env.get("argv"))
-        env["xdist_workers"] = len(parts)
-        metrics["env"] = env
-        memory: dict[str, Any] = {}
-        for part in parts:
-            for key, value in ((part.metrics or {}).get("memory") or {}).items():
-                if isinstance(value, (int, float)):
-                    memory[key] = max(memory.get(key, value), value)  # the largest of any worker
-        metrics["memory"] = memory
-    workers = section["workers"]
-    for row in (metrics.get("by_worker") or {}).get("rows", []):
-        gpu = (workers.get(row["worker"]) or {}).get("cuda_visible_devices")
-        if gpu is not None:
-            row["device"] = f"{row['device']} (CUDA_VISIBLE_DEVICES={gpu})"
-    metrics["xdist"] = section
+# --- the controller ------------------------------------------------------------------------------
 
 
 class XdistController:
@@ -312,8 +167,6 @@ class XdistController:
 
     @pytest.hookimpl(trylast=True)  # after xdist's own, which stops the workers
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        from pytest_dsocr.plugin import finish_run
-
         finish_run(self.state, session, exitstatus)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -324,10 +177,10 @@ class XdistController:
             return
         self._last_merge = now
         if self.merge():
-            self.state.collector.flush()
+            self.state.collector.flush(force=True)
 
     def merge(self) -> bool:
-        """Read every worker's partial records into the controller's collector; True if any."""
+        """Read every worker's records into the controller's collector; True if any."""
         if not self.state.has_run_dir:
             return False
         self.parts = read_worker_parts(self.state.run_dir)
@@ -337,16 +190,16 @@ class XdistController:
         collector = self.state.collector
         collector.replace_contents(merged.records, merged.failures, merged.sections, merged.summary_sections)
         if not self._hooked:
-            collector.hooks_for_metrics.insert(0, self._complete_metrics)  # before the user's hook
+            collector.transforms.insert(0, self._complete_metrics)
             self._hooked = True
         self.section_sources = merged.section_sources
         return True
 
-    def _complete_metrics(self, metrics: dict) -> None:
+    def _complete_metrics(self, metrics: RunMetrics) -> RunMetrics:
         dist = getattr(self.state.pytest_config.option, "dist", None)
         section = xdist_section(self.parts, self.gpus, dist, round(time.monotonic() - self.started, 3))
         section["sections_from"] = dict(self.section_sources)
-        apply_merge(metrics, self.parts, section)
+        return apply_merge(metrics, self.parts, section)
 
     def reason(self) -> str | None:
         return workers_reason(self.parts)

@@ -14,6 +14,7 @@ including sessions that never use pytest-dsocr.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -25,6 +26,8 @@ from typing import Any, Callable
 import pytest
 
 from pytest_dsocr.errors import DsocrError
+
+log = logging.getLogger(__name__)
 
 RUN_DIR_KEY = "dsocr_run_dir"  # workerinput: the run directory the controller created
 GPU_KEY = "dsocr_cuda_visible_devices"  # workerinput: the GPU given to the worker, or None

@@ -8,6 +8,7 @@ import numpy as np
 
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.report.metrics import build_metrics
+from pytest_dsocr.report.model import RunMetrics
 
 V1_SUBSTAGES = {"sam": 30.0, "clip": 25.0, "projector": 1.0}
 # Pages of different crop grids take different times: page i costs (1 + i % 4) x the base.
@@ -101,6 +102,7 @@ def make_metrics(
     complete: bool = True,
     **kwargs,
 ) -> dict:
+    """The json form (what metrics.json holds) of the metrics of ``records``."""
     config = {
         "model": {"family": family, "size": size, "base_size": 1024, "image_size": 640, "crop_mode": True,
                   "dtype": "float32", "device": device},
@@ -109,7 +111,12 @@ def make_metrics(
     }
     env = {"python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0", "device": device,
            "device_name": "x86_64" if device == "cpu" else "NVIDIA H100 80GB HBM3"}
-    return build_metrics(list(records), list(failures), env=env, config=config, complete=complete, **kwargs)
+    return build_metrics(list(records), list(failures), env=env, config=config, complete=complete, **kwargs).to_json()
+
+
+def typed(metrics: dict | RunMetrics) -> RunMetrics:
+    """The typed model of a metrics.json dict (what every reader of a run takes)."""
+    return metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_json(metrics)
 
 
 def page_rounds(

@@ -27,6 +27,7 @@ from pytest_dsocr.models.deepseek_ocr2.processing import (
     image_token_count,
 )
 from pytest_dsocr.models.deepseek_ocr2.spec import FULL, TINY
+from pytest_dsocr.records import ImageRun
 
 VIEWS = ViewSettings.from_model_config(1024, 768, True, 6)
 TOLERANCE = 0.01
@@ -64,22 +65,24 @@ def test_shared_parts_are_v1s_terms(tiny_cost):
 
 
 def test_stages_name_v2_parts_and_nest(tiny_cost):
-    wl = workload_for_grid(TINY, VIEWS, (2, 3), text_tokens=12, decode_steps=4, dtype_bytes=4)
+    wl = workload_for_grid(TINY, VIEWS.base_size, VIEWS.tile_size, (2, 3), text_tokens=12, decode_steps=4,
+                           dtype_bytes=4)
     assert wl.image_tokens == 256 + 6 * 144 + 1 == image_token_count(TINY, VIEWS, (2, 3))
     stages = tiny_cost.stages(wl)
     assert list(stages)[:3] == ["sam", "encoder", "projector"] and "clip" not in stages
     parts = sum(stages[name].flops for name in ("sam", "encoder", "projector"))
     assert stages["vision"].flops == parts
     # the global view alone costs less than with six tiles
-    alone = tiny_cost.stages(workload_for_grid(TINY, VIEWS, (1, 1), text_tokens=12, dtype_bytes=4))
+    alone = tiny_cost.stages(workload_for_grid(
+        TINY, VIEWS.base_size, VIEWS.tile_size, (1, 1), text_tokens=12, dtype_bytes=4))
     assert alone["encoder"].flops < stages["encoder"].flops
 
 
 def test_array_workload_equals_scalar_ones(tiny_cost):
     grids = [(1, 1), *candidate_grids(6)]
-    together = tiny_cost.vision(workload_for_grids(TINY, VIEWS, grids, dtype_bytes=2))
+    together = tiny_cost.vision(workload_for_grids(TINY, VIEWS.base_size, VIEWS.tile_size, grids, dtype_bytes=2))
     for index, grid in enumerate(grids):
-        alone = tiny_cost.vision(workload_for_grid(TINY, VIEWS, grid, dtype_bytes=2))
+        alone = tiny_cost.vision(workload_for_grid(TINY, VIEWS.base_size, VIEWS.tile_size, grid, dtype_bytes=2))
         for name in ("sam", "encoder", "projector", "vision"):
             assert np.asarray(together[name].bytes)[index] == alone[name].bytes, (grid, name)
             assert np.asarray(together[name].flops)[index] == alone[name].flops, (grid, name)
@@ -94,7 +97,8 @@ def test_parameters_equal_the_module(size):
 @pytest.mark.parametrize(("device", "grid"), [("meta", (1, 1)), ("meta", (2, 3)), ("cpu", (1, 1))])
 def test_flop_counter_agrees_per_stage(tiny_cost, device, grid):
     module = build_model("deepseek_ocr2", "tiny", device=device, experts_implementation="batched_mm")
-    wl = workload_for_grid(TINY, VIEWS, grid, text_tokens=12, decode_steps=3, dtype_bytes=4)
+    wl = workload_for_grid(TINY, VIEWS.base_size, VIEWS.tile_size, grid, text_tokens=12, decode_steps=3,
+                           dtype_bytes=4)
     rows = crosscheck(module, tiny_cost, wl)
     assert [row.stage for row in rows] == list(CROSSCHECK_STAGES)
     for row in rows:
@@ -141,13 +145,14 @@ def test_efficiency_judges_the_encoder_of_gpu_runs(tiny_cost):
     from pytest_dsocr.analytic import efficiency as eff
     from pytest_dsocr.hardware import select_hardware
 
-    sample = {"crop_grid": [2, 3], "image_tokens": 1121, "prefill_len": 1133, "tokens": 9, "device": "cuda:0",
-              "prefill_ms": 40.0, "vision_ms": 30.0, "decode_ms": 80.0,
-              "substage_ms": {"sam": 20.0, "encoder": 8.0, "projector": 1.0}}
-    runs = [eff.Measured.from_sample(sample)]
+    sample = ImageRun(sample_id="p", image_path="/p.png", epoch=0, round=0, stage="direct_inference",
+                      preprocess_ms=1.0, prefill_ms=40.0, decode_ms=80.0, vision_ms=30.0, ttft_ms=41.0, tokens=9,
+                      prefill_len=1133, image_tokens=1121, crop_grid=(2, 3), device="cuda:0",
+                      substage_ms={"sam": 20.0, "encoder": 8.0, "projector": 1.0})
+    runs = [eff.Measured.from_run(sample)]
     section = eff.efficiency(tiny_cost, runs, select_hardware("h100_sxm"), "bfloat16", 1024, 768, 2, "flash")
     assert list(section["stages"]) == ["sam", "encoder", "projector", "vision", "prefill", "decode"]
-    wl = workload_for_grid(TINY, VIEWS, (2, 3), text_tokens=12, decode_steps=8, dtype_bytes=2)
+    wl = workload_for_grid(TINY, VIEWS.base_size, VIEWS.tile_size, (2, 3), text_tokens=12, decode_steps=8, dtype_bytes=2)
     encoder = section["stages"]["encoder"]
     assert encoder["flops"] == tiny_cost.stages(wl)["encoder"].flops and encoder["measured_ms"] == 8.0
     assert encoder["primary"] == "mfu"

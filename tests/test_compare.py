@@ -8,7 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
-from report_factory import make_metrics, noisy_runs
+from report_factory import make_metrics, noisy_runs, typed
 
 import pytest_dsocr.__main__ as cli
 from pytest_dsocr.report.metrics import write_metrics
@@ -18,7 +18,7 @@ TABLE_HEADER = "| Stage | Pages | Baseline (ms) | Current (ms) | Ratio [95% CI] 
 
 
 def save(path: Path, factor: float = 1.0, seed: int = 0, **kwargs) -> Path:
-    write_metrics(path, make_metrics(noisy_runs(20, factor=factor, seed=seed), **kwargs))
+    write_metrics(path, typed(make_metrics(noisy_runs(20, factor=factor, seed=seed), **kwargs)))
     return path
 
 
@@ -54,9 +54,9 @@ def test_threshold_options(runs, capsys):
 
 def test_too_few_pages_fail_unless_inconclusive_warns(tmp_path, capsys):
     base = tmp_path / "base3"
-    write_metrics(base, make_metrics(noisy_runs(3, seed=1)))
+    write_metrics(base, typed(make_metrics(noisy_runs(3, seed=1))))
     current = tmp_path / "cur3"
-    write_metrics(current, make_metrics(noisy_runs(3, seed=2)))
+    write_metrics(current, typed(make_metrics(noisy_runs(3, seed=2))))
     assert cli.main(["compare", str(base), str(current)]) == 1
     assert "FAILED (inconclusive)" in capsys.readouterr().out
     assert cli.main(["compare", str(base), str(current), "--inconclusive", "warn"]) == 0

@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
-from report_factory import make_metrics, noisy_runs
+from report_factory import make_metrics, noisy_runs, typed
 
 from pytest_dsocr.config import load_config, to_container
 from pytest_dsocr.errors import DsocrError
@@ -232,7 +232,7 @@ def test_gate_refuses_a_baseline_with_another_decode_backend(config):
 
 def test_forced_differences_are_listed_in_regression_md(config, tmp_path: Path):
     baseline = metrics_with_identity(config, 1, infer__temperature=0.5)
-    write_metrics(tmp_path / "base", baseline)
+    write_metrics(tmp_path / "base", typed(baseline))
     result = run_gate(metrics_with_identity(config, 2), tmp_path / "base", force=True, run_dir=tmp_path / "cur")
     assert keys(result.differences) == ["config.infer.temperature"]
     text = (tmp_path / "cur" / REGRESSION_FILE).read_text(encoding="utf-8")

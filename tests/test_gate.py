@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_factory import image_run, make_metrics, noisy_runs, page_rounds
+from report_factory import image_run, make_metrics, noisy_runs, page_rounds, typed
 
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.report.gate import (
@@ -471,7 +471,7 @@ def test_incomplete_runs_are_noted():
 
 def test_load_baseline_file_or_run_dir(tmp_path: Path):
     metrics = run(seed=1)
-    write_metrics(tmp_path, metrics)
+    write_metrics(tmp_path, typed(metrics))
     assert load_baseline(tmp_path)["aggregates"] == json.loads(json.dumps(metrics["aggregates"]))
     assert load_baseline(tmp_path / "metrics.json")["schema_version"] == metrics["schema_version"]
 
@@ -492,7 +492,7 @@ def test_load_baseline_errors(tmp_path: Path):
 
 
 def test_run_gate_writes_regression_md(tmp_path: Path):
-    write_metrics(tmp_path / "base", run(seed=1))
+    write_metrics(tmp_path / "base", typed(run(seed=1)))
     result = run_gate(run(1.2, seed=2), tmp_path / "base", "10%", per_stage={"decode": "50%"}, run_dir=tmp_path / "cur")
     assert result.failed
     text = (tmp_path / "cur" / REGRESSION_FILE).read_text(encoding="utf-8")

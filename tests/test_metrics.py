@@ -11,7 +11,9 @@ import pytest
 from report_factory import image_run, make_metrics, noisy_runs
 
 from pytest_dsocr.records import SampleFailure
-from pytest_dsocr.report.metrics import METRICS_FILE, SCHEMA_VERSION, write_metrics
+from pytest_dsocr.report.metrics import METRICS_FILE, write_metrics
+from pytest_dsocr.report.model import SCHEMA_VERSION, RunMetrics
+from pytest_dsocr.stages import StageTree
 
 STATS_KEYS = {"count", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "ci_low", "ci_high", "ci_level", "unit", "values"}
 
@@ -93,7 +95,7 @@ def test_only_measured_stages_appear():
 def test_substage_names_come_from_the_records():
     """DeepSeek-OCR 2 has sam, encoder, projector: no clip row, an encoder row."""
     v2 = {"projector": 1.0, "encoder": 20.0, "sam": 30.0}
-    metrics = make_metrics([image_run(0, substage_ms=v2)], stage_names={"vision": ["sam", "encoder", "projector", "unused"]})
+    metrics = make_metrics([image_run(0, substage_ms=v2)], tree=StageTree(("sam", "encoder", "projector", "unused")))
     assert list(metrics["aggregates"]["stage_ms"]) == ["prefill", "vision", "sam", "encoder", "projector", "decode"]
     assert metrics["stage_nesting"]["vision"] == ["sam", "encoder", "projector"]
 
@@ -165,7 +167,7 @@ def test_sections_are_added_but_never_replace_core_keys():
 
 def test_write_metrics_is_strict_json_and_leaves_no_temp_file(tmp_path: Path, runs):
     metrics = make_metrics(runs, sections={"efficiency": {"note": math.nan, "path": Path("/x")}})
-    path = write_metrics(tmp_path / "run", metrics)
+    path = write_metrics(tmp_path / "run", RunMetrics.from_json(metrics))
     assert path == tmp_path / "run" / METRICS_FILE
     def refuse(constant):
         raise AssertionError(f"non-standard JSON constant {constant}")
@@ -176,7 +178,7 @@ def test_write_metrics_is_strict_json_and_leaves_no_temp_file(tmp_path: Path, ru
 
 
 def test_write_metrics_replaces_the_previous_file(tmp_path: Path):
-    write_metrics(tmp_path, make_metrics([image_run(0)], complete=False))
-    write_metrics(tmp_path, make_metrics([image_run(0), image_run(1)], complete=True))
+    write_metrics(tmp_path, RunMetrics.from_json(make_metrics([image_run(0)], complete=False)))
+    write_metrics(tmp_path, RunMetrics.from_json(make_metrics([image_run(0), image_run(1)], complete=True)))
     data = json.loads((tmp_path / METRICS_FILE).read_text())
     assert data["complete"] is True and len(data["samples"]) == 2

@@ -126,3 +126,12 @@ def test_ini_keys_configure_the_run(stage_dir, tmp_path):
     result.assert_outcomes(passed=1)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["samples"][0]["tokens"] == 3
+
+
+def test_progress_lines_in_a_long_run_and_none_under_q(stage_dir, tmp_path):
+    stage_dir.makeconftest("import pytest_dsocr.progress as progress\nprogress.START_AFTER_S = 0.0\n")
+    result = run_direct(stage_dir, tmp_path / "run")
+    result.stdout.fnmatch_lines(["pytest-dsocr: 1/2 samples, 0 failed, * samples/s, ETA *",
+                                 "pytest-dsocr: 2/2 samples, 0 failed, * samples/s, ETA 0s"])
+    quiet = run_direct(stage_dir, tmp_path / "quiet", "-q")
+    assert "samples/s" not in quiet.stdout.str()

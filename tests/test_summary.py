@@ -7,16 +7,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from report_factory import image_run, make_metrics
+from report_factory import image_run, make_metrics, typed
 
 from pytest_dsocr.records import SampleFailure
-from pytest_dsocr.report.plots import MATPLOTLIB_MISSING_NOTE, write_plots
-from pytest_dsocr.report.summary import (
-    NESTING_NOTE,
-    render_report,
-    render_stakeholder_summary,
-    render_terminal_summary,
-)
+from pytest_dsocr.report import plots, summary
+from pytest_dsocr.report.plots import MATPLOTLIB_MISSING_NOTE
+from pytest_dsocr.report.summary import NESTING_NOTE
+
+
+# The renderers take the typed model; these tests build metrics.json dicts and read them back.
+def render_stakeholder_summary(metrics, *extra):
+    return summary.render_stakeholder_summary(typed(metrics), *extra)
+
+
+def render_report(metrics, *extra):
+    return summary.render_report(typed(metrics), *extra)
+
+
+def render_terminal_summary(metrics):
+    return summary.render_terminal_summary(typed(metrics))
+
+
+def write_plots(metrics, run_dir):
+    return plots.write_plots(typed(metrics), run_dir)
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 # Set to rewrite the golden files after a deliberate change of the markdown, then review the diff.

@@ -11,15 +11,8 @@ from PIL import Image
 from pytest_dsocr.collector import Collector
 from pytest_dsocr.records import ImageRun, SampleFailure
 from pytest_dsocr.rundir import new_worker_dir
-from pytest_dsocr.xdist import (
-    LockedPredictionWriter,
-    XdistController,
-    group_for,
-    merge_parts,
-    read_worker_parts,
-    run_from_json,
-    workers_reason,
-)
+from pytest_dsocr.report.workers import merge_parts, read_worker_parts, workers_reason
+from pytest_dsocr.xdist import LockedPredictionWriter, XdistController, group_for
 from pytest_dsocr.xdist_setup import assign_gpus, claim_gpu, gpu_for, visible_gpus
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -161,7 +154,7 @@ def worker_collector(run_dir: Path, worker: str) -> Collector:
 
 def test_a_record_survives_its_json():
     record = run("a", 10.0)
-    assert run_from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert ImageRun.from_json(json.loads(json.dumps(record.to_json()))) == record
 
 
 def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
@@ -187,7 +180,7 @@ def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
     controller = XdistController(state)
     controller.gpus = {"gw0": "0", "gw1": "1"}
     assert controller.merge()
-    metrics = state.collector.finish(complete=False, reason=controller.reason())
+    metrics = state.collector.finish(complete=False, reason=controller.reason()).to_json()
 
     assert [s["sample_id"] for s in metrics["samples"]] == ["a", "c", "b"]
     assert [s["worker"] for s in metrics["samples"]] == ["gw0", "gw0", "gw1"]
@@ -200,10 +193,10 @@ def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
     assert metrics["nsys_capture"] == {"ranges": 3} and metrics["xdist"]["sections_from"] == {"nsys_capture": "gw1"}
     assert metrics["xdist"]["workers"]["gw0"]["complete"] is True
     assert metrics["xdist"]["workers"]["gw1"] | {"memory": None} == {
-        "metrics": "workers/gw1/metrics.json", "complete": False, "reason": "still running",
+        "records": "workers/gw1/records.jsonl", "complete": False, "reason": "still running",
         "cuda_visible_devices": "1", "device": "cuda:0", "device_name": None, "measured_runs": 1, "failed": 1,
         "memory": None}
-    assert metrics["memory"] == {"max_rss_mib": 101.0}
+    assert metrics["memory"] == {"max_rss_mib": 100.0}  # gw1 never ended: its peak is unknown
     assert metrics["env"]["argv"] == ["pytest"] and metrics["env"]["xdist_workers"] == 2
     assert metrics["complete"] is False and "gw1: still running" in metrics["reason"]
     summary = (tmp_path / "stakeholder_summary.md").read_text()
@@ -224,10 +217,10 @@ def test_a_restarted_worker_keeps_the_records_of_the_crashed_one(tmp_path):
 def test_an_unreadable_worker_file_is_reported_not_fatal(tmp_path):
     worker_collector(tmp_path, "gw0").add_runs([run("a", 10.0)])
     (tmp_path / "workers" / "gw1").mkdir()
-    (tmp_path / "workers" / "gw1" / "metrics.json").write_text("{not json")
+    (tmp_path / "workers" / "gw1" / "records.jsonl").write_text('{not json\n{"kind": "end"}\n')
     parts = read_worker_parts(tmp_path)
     assert len(merge_parts(parts).records) == 1
-    assert "gw1: worker gw1: cannot read" in workers_reason(parts)
+    assert "gw1: worker gw1:" in workers_reason(parts) and "records.jsonl:1: not a records line" in workers_reason(parts)
 
 
 # --- the real thing: two workers on the CPU -----------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pytest_dsocr.analytic.config import SweepConfig
+from pytest_dsocr.analytic.deepseek_ocr import ANALYTIC
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.sweeps import (
     SweepPoints,
@@ -66,13 +67,14 @@ def main() -> int:
     settings = SweepSettings(text_tokens=defaults.text_tokens, attention=defaults.attention, hardware=hw)
 
     def points() -> SweepPoints:
-        return SweepPoints.build(spec, args.max_crops, defaults.context_lengths, defaults.decode_steps)
+        return SweepPoints.build(spec, ANALYTIC.candidate_grids(args.max_crops), defaults.context_lengths,
+                                  defaults.decode_steps)
 
     def reuse():
-        return run_sweeps(DeepseekOCRCostModel(spec), points(), settings)
+        return run_sweeps(ANALYTIC, DeepseekOCRCostModel(spec), points(), settings)
 
     def rebuild():
-        return rebuild_per_point(spec, points(), settings)
+        return rebuild_per_point(ANALYTIC, args.size, points(), settings)
 
     def reuse_text():
         return [to_csv(cols) for cols in reuse().values()]

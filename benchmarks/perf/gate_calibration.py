@@ -49,6 +49,9 @@ PRESET = "infer=gate"
 RECORD_KEYS = ("sample_id", "prefill_len", "tokens", "preprocess_ms", "prefill_ms", "vision_ms",
                "decode_ms", "ttft_ms", "substage_ms")
 MS_DIGITS = 3
+# What a record needs besides RECORD_KEYS to be read back as an ImageRun (not timing-related).
+RECORD_FILLER = {"image_path": "", "epoch": 0, "round": 0, "stage": "direct_inference", "image_tokens": 0,
+                 "crop_grid": [1, 1]}
 DEFAULT_ALPHA = 0.05  # the gate's default: a 95% interval
 
 
@@ -174,11 +177,14 @@ def pools_of(records: Sequence[Mapping]) -> Pools:
     makes them), one array per stage and page, aligned by round: index i of every stage is the
     same round (NaN where a round lacks the stage, e.g. tpot of a one-token run; the gate's
     per-page median skips it)."""
+    from pytest_dsocr.records import ImageRun
+    from pytest_dsocr.report.gate import page_key
     from pytest_dsocr.report.metrics import sample_metrics
 
     rows: dict[str, list[dict[str, float]]] = {}
     for record in records:
-        rows.setdefault(f"{record['sample_id']}#{record.get('prefill_len')}", []).append(sample_metrics(record))
+        run = ImageRun.from_json({**RECORD_FILLER, **record})
+        rows.setdefault(page_key(run.sample_id, run.prefill_len), []).append(sample_metrics(run))
     stages = list(dict.fromkeys(stage for page_rows in rows.values() for row in page_rows for stage in row))
     return {stage: {page: np.array([row.get(stage, math.nan) for row in page_rows]) for page, page_rows in rows.items()}
             for stage in stages}

@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_dsocr.analytic.family import crosscheck_stages
+from pytest_dsocr.compat import cache_kwargs, output_cache
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.workload import Workload
 
-CROSSCHECK_STAGES = ("sam", "clip", "projector", "prefill", "decode_step")
+CROSSCHECK_STAGES = crosscheck_stages("deepseek_ocr")
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,6 @@ def count_stage_flops(model, wl: Workload, param, count_view: Callable[..., dict
     (context ``prefill_tokens + 1``).
     """
     import torch
-
-    from pytest_dsocr.compat import cache_kwargs, output_cache
 
     inner = model.model
     device, dtype = param.device, param.dtype

@@ -1,4 +1,4 @@
-"""Analytic cost model of DeepSeek-OCR-2, and its static_analysis and sweep stages.
+"""Analytic cost model of DeepSeek-OCR-2, and its side of the static_analysis and sweep stages.
 
 Read top to bottom as the architecture: SAM ViT-B (v1's :class:`SamCost`) -> DeepEncoder V2, a
 Qwen2 decoder over SAM's features followed by as many learned causal-flow queries (new here) ->
@@ -12,23 +12,20 @@ the full ``2p x 2p`` score rectangle whatever the mask (see :mod:`pytest_dsocr.a
 so does this model; the boolean mask is read once per score. Only the queries' outputs (``p`` per
 view) reach the projector and the decoder.
 
-The stage functions mirror :mod:`pytest_dsocr.analytic.static` and
-:mod:`pytest_dsocr.analytic.sweeps` (and reuse their helpers and output format) with v2's token
-layout, tile-grid rule and sub-stage names (``sam``, ``encoder``, ``projector``).
+:data:`ANALYTIC` is what the static_analysis and sweep stages (:mod:`pytest_dsocr.analytic.static`,
+:mod:`pytest_dsocr.analytic.sweeps`) use for this family: v2's token layout, tile-grid rule and
+sub-stage names (``sam``, ``encoder``, ``projector``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pytest_dsocr.analytic import efficiency as eff
-from pytest_dsocr.analytic import ops, static, sweeps
+from pytest_dsocr.analytic import ops
 from pytest_dsocr.analytic.crosscheck import (
     CrossCheckRow,
     count_flops,
@@ -43,16 +40,12 @@ from pytest_dsocr.analytic.model import (
     SamCost,
     _sum_layers,
 )
+from pytest_dsocr.analytic.family import Views, analytic_stages, crosscheck_stages
 from pytest_dsocr.analytic.ops import Cost, Number
-from pytest_dsocr.analytic.workload import (
-    DEFAULT_TEXT_TOKENS,
-    Workload,
-    crop_count,
-    dtype_bytes,
-    resolve_dtype_name,
-)
-from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.analytic.workload import DEFAULT_TEXT_TOKENS, Workload, crop_count
+from pytest_dsocr.families import FAMILIES
 from pytest_dsocr.models.deepseek_ocr2.processing import (
+    MIN_CROPS,
     ViewSettings,
     candidate_grids,
     crop_grid_for,
@@ -61,8 +54,8 @@ from pytest_dsocr.models.deepseek_ocr2.processing import (
 from pytest_dsocr.models.deepseek_ocr2.spec import SPECS, DeepseekOCR2Spec, EncoderSpec
 
 FAMILY = "deepseek_ocr2"
-STAGES = ("sam", "encoder", "projector", "vision", "prefill", "decode_step", "decode", "lm_head")
-CROSSCHECK_STAGES = ("sam", "encoder", "projector", "prefill", "decode_step")
+STAGES = analytic_stages(FAMILY)
+CROSSCHECK_STAGES = crosscheck_stages(FAMILY)
 # transformers builds the encoder's hybrid mask as a boolean tensor for SDPA: one byte per score.
 MASK_BYTES = 1
 
@@ -139,7 +132,7 @@ class DeepseekOCR2CostModel(DeepseekOCRCostModel):
     methods, whose vision calls (the global view, then all tiles in one more call) are also how
     transformers' ``get_image_features`` runs v2."""
 
-    VISION_PARTS = ("sam", "encoder", "projector")
+    VISION_PARTS = FAMILIES[FAMILY].stages.vision_parts
     STAGES = STAGES
 
     def __init__(self, spec: DeepseekOCR2Spec) -> None:  # v1's __init__ would build CLIP
@@ -159,34 +152,24 @@ class DeepseekOCR2CostModel(DeepseekOCRCostModel):
 # -- workloads --------------------------------------------------------------------------------
 
 
-def workload_for_grids(spec: DeepseekOCR2Spec, views: ViewSettings, grids: Sequence[tuple[int, int]], *,
-                       text_tokens: int = DEFAULT_TEXT_TOKENS, decode_steps: int = 0, batch: int = 1,
+def workload_for_grids(spec: DeepseekOCR2Spec, base_size: int, tile_size: int, grids: Sequence[tuple[int, int]],
+                       *, text_tokens: int = DEFAULT_TEXT_TOKENS, decode_steps: int = 0, batch: int = 1,
                        dtype_bytes: int = 2, attention: str = "flash") -> Workload:
     """Pages cut into ``grids`` (``(1, 1)``: global view only) as one array workload, with the
     processor's image-token count of each."""
+    views = ViewSettings(base_size=base_size, tile_size=tile_size, crop_to_patches=True, max_patches=MIN_CROPS)
     crops = np.array([crop_count(g) for g in grids], dtype=np.int64)
     tokens = np.array([image_token_count(spec, views, tuple(g)) for g in grids], dtype=np.int64)
-    return Workload(base_size=views.base_size, image_size=views.tile_size, crops=crops, image_tokens=tokens,
+    return Workload(base_size=base_size, image_size=tile_size, crops=crops, image_tokens=tokens,
                     text_tokens=text_tokens, decode_steps=decode_steps, batch=batch, dtype_bytes=dtype_bytes,
                     attention=attention)
 
 
-def workload_for_grid(spec: DeepseekOCR2Spec, views: ViewSettings, grid: tuple[int, int], **kwargs) -> Workload:
+def workload_for_grid(spec: DeepseekOCR2Spec, base_size: int, tile_size: int, grid: tuple[int, int],
+                      **sizes) -> Workload:
     """One page cut into ``grid`` tiles, as a scalar workload."""
-    wl = workload_for_grids(spec, views, [grid], **kwargs)
+    wl = workload_for_grids(spec, base_size, tile_size, [grid], **sizes)
     return dataclasses.replace(wl, crops=int(wl.crops[0]), image_tokens=int(wl.image_tokens[0]))
-
-
-def view_settings(cfg: Any) -> ViewSettings:
-    model = cfg.model
-    return ViewSettings.from_model_config(int(model.base_size), int(model.image_size), bool(model.crop_mode),
-                                          int(model.max_crops))
-
-
-def _spec(cfg: Any) -> DeepseekOCR2Spec:
-    if cfg.model.size not in SPECS:
-        raise DsocrError(f"model.size={cfg.model.size!r}: choose one of {', '.join(SPECS)}")
-    return SPECS[cfg.model.size]
 
 
 # -- FlopCounterMode cross-check --------------------------------------------------------------
@@ -219,85 +202,41 @@ def crosscheck(model, cost_model: DeepseekOCR2CostModel, wl: Workload) -> list[C
     return v1_crosscheck(model, cost_model, wl, measure=measure_stage_flops, stages=CROSSCHECK_STAGES)
 
 
-# -- static_analysis stage --------------------------------------------------------------------
+# -- the family's analytic side -----------------------------------------------------------------
 
 
-def static_workload(cfg: Any, spec: DeepseekOCR2Spec, views: ViewSettings, runs: Sequence[eff.Measured],
-                    dtype: str) -> tuple[Workload, tuple[int, int], dict]:
-    """The workload the report describes and where each number came from (v1's rules:
-    config, else the measured runs, else a reference page / the default prompt / max_new_tokens)."""
-    return static.workload_from_config(
-        cfg, runs, dtype, spec.text.max_position_embeddings,
-        reference_grid=lambda page: crop_grid_for(page, views),
-        for_grid=lambda grid, **sizes: workload_for_grid(spec, views, grid, **sizes),
-    )
+class DeepseekOCR2Analytic:
+    """:class:`~pytest_dsocr.analytic.family.AnalyticFamily` of DeepSeek-OCR-2: its cost model,
+    the processor's tile grids and token layout (1024 px global views, 768 px tiles), and the
+    FLOP-count cross-check on transformers' module."""
+
+    def cost_model(self, size: str) -> DeepseekOCR2CostModel:
+        return DeepseekOCR2CostModel(SPECS[size])
+
+    def views(self, model_cfg: Any) -> Views:
+        settings = self._settings(model_cfg)
+        return Views(base_size=settings.base_size, tile_size=settings.tile_size,
+                     crop_mode=settings.crop_to_patches, max_crops=settings.max_patches)
+
+    def candidate_grids(self, max_crops: int) -> list[tuple[int, int]]:
+        return candidate_grids(max_crops)
+
+    def crop_grid_for(self, page_wh: tuple[int, int], views: Views) -> tuple[int, int]:
+        settings = ViewSettings(base_size=views.base_size, tile_size=views.tile_size,
+                                crop_to_patches=views.crop_mode, max_patches=views.max_crops)
+        return crop_grid_for(page_wh, settings)
+
+    def workload_for_grids(self, spec: DeepseekOCR2Spec, base_size: int, tile_size: int,
+                           grids: Sequence[tuple[int, int]], **sizes) -> Workload:
+        return workload_for_grids(spec, base_size, tile_size, grids, **sizes)
+
+    def crosscheck(self, module: Any, cost_model: DeepseekOCR2CostModel, wl: Workload) -> list[CrossCheckRow]:
+        return crosscheck(module, cost_model, wl)
+
+    @staticmethod
+    def _settings(model_cfg: Any) -> ViewSettings:
+        return ViewSettings.from_model_config(int(model_cfg.base_size), int(model_cfg.image_size),
+                                              bool(model_cfg.crop_mode), int(model_cfg.max_crops))
 
 
-def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) -> static.StaticAnalysisResult:
-    """The static_analysis stage for DeepSeek-OCR-2 (same files and sections as v1's)."""
-    spec, views = _spec(cfg), view_settings(cfg)
-    return static.analyse(cfg, out_dir, records, DeepseekOCR2CostModel(spec),
-                          lambda runs, dtype: static_workload(cfg, spec, views, runs, dtype), crosscheck)
-
-
-# -- sweep stage ------------------------------------------------------------------------------
-
-
-def crop_sweeps(model: DeepseekOCR2CostModel, views: ViewSettings, grids: Sequence[tuple[int, int]],
-                s: sweeps.SweepSettings) -> tuple[sweeps.Columns, sweeps.Columns]:
-    """v1's two crop-grid sweeps (same columns, ``encoder_flops`` in place of ``clip_flops``)."""
-    wl = workload_for_grids(model.spec, views, grids, text_tokens=s.text_tokens, batch=s.batch,
-                            dtype_bytes=s.dtype_bytes, attention=s.attention)
-    return sweeps.crop_columns(model, wl, grids, s)
-
-
-def sweep_points(spec: DeepseekOCR2Spec, max_crops: int, context_lengths: Sequence[int] | None,
-                 decode_steps: Sequence[int]) -> sweeps.SweepPoints:
-    """v1's points (contexts x steps within the position limit) with the processor's tile grids."""
-    points = sweeps.SweepPoints.build(spec, max_crops, context_lengths, decode_steps)
-    return dataclasses.replace(points, grids=(sweeps.GLOBAL_ONLY, *candidate_grids(max_crops)))
-
-
-def run_sweeps(model: DeepseekOCR2CostModel, views: ViewSettings, points: sweeps.SweepPoints,
-               s: sweeps.SweepSettings) -> dict[str, sweeps.Columns]:
-    """The three sweeps on one cost model; the decode sweep is v1's (the decoder is shared)."""
-    crops, with_prefill = crop_sweeps(model, views, points.grids, s)
-    return {"vision_crops": crops, "vision_prefill": with_prefill,
-            "decode": sweeps.decode(model, points.contexts, points.steps, s)}
-
-
-def run_sweep_stage(cfg: Any, out_dir: Path) -> sweeps.SweepStageResult:
-    """The sweep stage for DeepSeek-OCR-2: same sweeps, files and section as v1's."""
-    from pytest_dsocr.hardware import select_hardware
-
-    spec, views = _spec(cfg), view_settings(cfg)
-    sweep = cfg.sweep
-    max_crops = sweep.max_crops if sweep.max_crops is not None else cfg.model.max_crops
-    if max_crops < 2:
-        raise DsocrError(f"sweep.max_crops={max_crops}: must be >= 2 (the processor's smallest crop grid)")
-    contexts = None if sweep.context_lengths is None else sweeps._positive_ints(
-        "sweep.context_lengths", sweep.context_lengths)
-    steps = sweeps._positive_ints("sweep.decode_steps", sweep.decode_steps)
-    choice = select_hardware(cfg.hardware.name)
-    dtype = resolve_dtype_name(str(cfg.model.dtype), choice.hardware is not None)
-    settings = sweeps.SweepSettings(
-        base_size=views.base_size, image_size=views.tile_size, text_tokens=int(sweep.text_tokens),
-        batch=int(sweep.batch_size), dtype_bytes=dtype_bytes(dtype), attention=str(sweep.attention),
-        hardware=choice.hardware, dtype=dtype,
-    )
-    points = sweep_points(spec, int(max_crops), contexts, steps)
-    started = time.perf_counter()
-    results = run_sweeps(DeepseekOCR2CostModel(spec), views, points, settings)
-    elapsed_ms = (time.perf_counter() - started) * 1e3
-    paths, notes = sweeps.write_sweeps(results, out_dir, plots=bool(sweep.plots))
-    if choice.hardware is None:
-        notes.append(f"floor-time columns omitted: {choice.reason}")
-    section = {
-        "model_family": FAMILY, "model_size": cfg.model.size, "dtype": dtype, "attention": settings.attention,
-        "hardware": choice.hardware.name if choice.hardware else None, "hardware_choice": choice.reason,
-        "points": {name: len(np.atleast_1d(next(iter(cols.values())))) for name, cols in results.items()},
-        "evaluate_ms": elapsed_ms,
-        "files": [str(p) for p in paths],
-        "notes": notes,
-    }
-    return sweeps.SweepStageResult(results, tuple(paths), tuple(notes), section)
+ANALYTIC = DeepseekOCR2Analytic()

@@ -18,17 +18,18 @@ import numpy as np
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.ops import Number
 from pytest_dsocr.analytic.workload import Workload
+from pytest_dsocr.families import ALL_STAGES
 from pytest_dsocr.hardware import Hardware, HardwareChoice
+from pytest_dsocr.stages import DECODE, PREFILL, PRIMARY_STAGE, VISION
 
 MS = 1e-3
 # Stages with a measured time in ImageRun records (prefill = decoder prefill + lm_head on the
 # last token, i.e. prefill_ms - vision_ms, as vision nests inside prefill_ms). A family measures
 # only its own sub-stages (v1: clip, v2: encoder); the others have no times and are skipped.
-MEASURED_STAGES = ("sam", "clip", "encoder", "projector", "vision", "prefill", "decode")
+MEASURED_STAGES = (*ALL_STAGES.vision_parts, VISION, PREFILL, DECODE)
 # The figure each stage is judged by: prefill-like stages by compute, decode by bandwidth.
-PRIMARY_METRIC = {"sam": "mfu", "clip": "mfu", "encoder": "mfu", "projector": "mfu", "vision": "mfu",
-                  "prefill": "mfu", "decode": "mbu"}
-MEASURED_RUN_STAGE = "direct_inference"  # profiler stages add overhead; judge plain runs only
+PRIMARY_METRIC = {**dict.fromkeys(MEASURED_STAGES, "mfu"), DECODE: "mbu"}
+MEASURED_RUN_STAGE = PRIMARY_STAGE  # profiler stages add overhead; judge plain runs only
 
 
 def floor_seconds(flops: Number, nbytes: Number, hw: Hardware, dtype: str) -> Number:
@@ -54,21 +55,15 @@ class Measured:
     device: str
 
     @classmethod
-    def from_sample(cls, sample: Mapping[str, Any]) -> "Measured":
-        """From ``ImageRun.to_json()`` (the per-sample entries of metrics.json)."""
-        substages = sample.get("substage_ms") or {}
-        prefill, vision = sample.get("prefill_ms"), sample.get("vision_ms")
-        times = {
-            **substages, "vision": vision,
-            "prefill": prefill - vision if prefill is not None and vision is not None else None,
-            "decode": sample.get("decode_ms"),
-        }
-        return cls(tuple(sample["crop_grid"]), int(sample["image_tokens"]), int(sample["prefill_len"]),
-                   int(sample["tokens"]), times, str(sample.get("device", "cpu")))
-
-    @classmethod
     def from_run(cls, run) -> "Measured":
-        return cls.from_sample(run.to_json())
+        """From an :class:`~pytest_dsocr.records.ImageRun` (a session's record or metrics.json's)."""
+        times = {
+            **run.substage_ms, "vision": run.vision_ms,
+            "prefill": run.prefill_ms - run.vision_ms,
+            "decode": run.decode_ms,
+        }
+        return cls(tuple(run.crop_grid), int(run.image_tokens), int(run.prefill_len), int(run.tokens), times,
+                   str(run.device))
 
 
 def measured_workload(runs: list[Measured], base_size: int, image_size: int, dtype_bytes: int,

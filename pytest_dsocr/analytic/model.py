@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pytest_dsocr.analytic import ops
+from pytest_dsocr.analytic.family import analytic_stages
 from pytest_dsocr.analytic.ops import Cost, Number
 from pytest_dsocr.compat import router_weight_bytes
+from pytest_dsocr.families import FAMILIES
 from pytest_dsocr.models.deepseek_ocr.spec import (
     ClipSpec,
     DeepseekOCRSpec,
@@ -286,7 +288,8 @@ class DecoderCost:
         return batch * context * self.kv_values_per_token * nbytes
 
 
-STAGES = ("sam", "clip", "projector", "vision", "prefill", "decode_step", "decode", "lm_head")
+FAMILY = "deepseek_ocr"
+STAGES = analytic_stages(FAMILY)
 
 
 @dataclass(frozen=True)
@@ -340,9 +343,9 @@ def _present(count: Number) -> Number:
 class DeepseekOCRCostModel:
     """The four parts of DeepSeek-OCR v1 as cost objects; build once, evaluate any workload."""
 
-    # The vision tower's parts in run order, as stages and sweep columns name them: SAM, the
-    # encoder fed SAM's features (:attr:`vision_encoder`), the projector.
-    VISION_PARTS = ("sam", "clip", "projector")
+    # The vision tower's parts in run order, as stages and sweep columns name them (the family's
+    # stage tree): SAM, the encoder fed SAM's features (:attr:`vision_encoder`), the projector.
+    VISION_PARTS = FAMILIES[FAMILY].stages.vision_parts
     STAGES = STAGES
 
     def __init__(self, spec: DeepseekOCRSpec) -> None:

@@ -18,18 +18,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pytest_dsocr.analytic import efficiency as eff
+from pytest_dsocr.analytic.crosscheck import module_params
+from pytest_dsocr.analytic.family import AnalyticFamily, analytic_for, workload_for_grid
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
 from pytest_dsocr.analytic.workload import (
     DEFAULT_TEXT_TOKENS,
     Workload,
-    crop_grid_for,
     dtype_bytes,
     resolve_dtype_name,
-    workload_for_grid,
 )
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.hardware import DTYPE_KEYS, HardwareChoice, select_hardware
-from pytest_dsocr.models.deepseek_ocr.spec import SPECS
+from pytest_dsocr.models import build_model
+from pytest_dsocr.report.metrics import read_metrics
 from pytest_dsocr.atomic import atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 STAGE_DIR = "static_analysis"
 JSON_FILE = "static_compute.json"
 MARKDOWN_FILE = "static_compute.md"
-SUPPORTED_FAMILY = "deepseek_ocr"
 # The page whose crop grid is assumed when neither the config nor a measured run gives one:
 # A4 portrait scanned at 150 dpi (its 2 x 3 grid is the commonest for document pages).
 REFERENCE_PAGE = (1240, 1754)
@@ -62,18 +62,8 @@ def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured],
     direct_inference records. Also returns the metrics file's ``env`` (None for the session)."""
     path = cfg.static_analysis.metrics
     if path:
-        from pytest_dsocr.report.metrics import primary_samples
-
-        file = Path(path)
-        try:
-            metrics = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DsocrError(f"static_analysis.metrics={path!r}: cannot read a metrics.json there ({exc})") from None
-        try:
-            runs = [eff.Measured.from_sample(s) for s in primary_samples(metrics)]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DsocrError(f"static_analysis.metrics={path!r}: a sample lacks {exc}") from None
-        return runs, dict(metrics.get("env") or {})
+        metrics = read_metrics(path, option="static_analysis.metrics")
+        return [eff.Measured.from_run(run) for run in metrics.primary_samples()], dict(metrics.env)
     return [eff.Measured.from_run(r) for r in records if r.stage == eff.MEASURED_RUN_STAGE], None
 
 
@@ -86,15 +76,14 @@ def choose_hardware(cfg: Any, file_env: Optional[dict]) -> HardwareChoice:
     return select_hardware(None, file_env.get("device_name") if on_cuda else None)
 
 
-def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str) -> tuple[Workload, tuple[int, int], dict]:
+def static_workload(cfg: Any, runs: Sequence[eff.Measured], dtype: str, analytic: AnalyticFamily,
+                    spec: Any) -> tuple[Workload, tuple[int, int], dict]:
     """The workload the report describes, its crop grid, and where each number came from."""
-    spec = SPECS[cfg.model.size]
-    model = cfg.model
+    views = analytic.views(cfg.model)
     return workload_from_config(
         cfg, runs, dtype, spec.text.max_position_embeddings,
-        reference_grid=lambda page: crop_grid_for(page, model.base_size, model.image_size, model.crop_mode,
-                                                  model.max_crops),
-        for_grid=lambda grid, **sizes: workload_for_grid(spec, model.base_size, model.image_size, grid, **sizes),
+        reference_grid=lambda page: analytic.crop_grid_for(page, views),
+        for_grid=lambda grid, **sizes: workload_for_grid(analytic, spec, views, grid, **sizes),
     )
 
 
@@ -142,9 +131,6 @@ def workload_from_config(cfg: Any, runs: Sequence[eff.Measured], dtype: str, max
 
 
 def _flop_count(cfg: Any, model: DeepseekOCRCostModel, wl: Workload, crosscheck: Callable) -> dict:
-    from pytest_dsocr.analytic.crosscheck import module_params
-    from pytest_dsocr.models import build_model
-
     module = build_model(cfg.model.family, cfg.model.size, device=COUNT_DEVICE,
                          experts_implementation=COUNT_EXPERTS)
     rows = crosscheck(module, model, wl)
@@ -242,27 +228,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
 
 
 def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) -> StaticAnalysisResult:
-    """Everything the static_analysis stage does, given the resolved config and the session's runs."""
-    if cfg.model.family == "deepseek_ocr2":  # DeepSeek-OCR-2's cost model and token layout
-        from pytest_dsocr.analytic.deepseek_ocr2 import run_static_analysis as run_v2
-
-        return run_v2(cfg, out_dir, records)
-    if cfg.model.family != SUPPORTED_FAMILY:
-        raise DsocrError(f"static_analysis: model.family={cfg.model.family!r} has no cost model yet; "
-                         f"use {SUPPORTED_FAMILY}")
-    if cfg.model.size not in SPECS:
-        raise DsocrError(f"model.size={cfg.model.size!r}: choose one of {', '.join(SPECS)}")
-    from pytest_dsocr.analytic.crosscheck import crosscheck
-
-    return analyse(cfg, out_dir, records, DeepseekOCRCostModel(SPECS[cfg.model.size]),
-                   lambda runs, dtype: static_workload(cfg, runs, dtype), crosscheck)
-
-
-def analyse(cfg: Any, out_dir: Path, records: Sequence[Any], model: DeepseekOCRCostModel,
-            workload: Callable[[list[eff.Measured], str], tuple[Workload, tuple[int, int], dict]],
-            crosscheck: Callable) -> StaticAnalysisResult:
-    """The stage on one family's cost model: ``workload(runs, dtype)`` is the family's
-    :func:`static_workload`, ``crosscheck(module, model, wl)`` its FLOP-count cross-check."""
+    """Everything the static_analysis stage does, given the resolved config and the session's
+    runs, on the cost model of ``model.family`` (its registry entry names it)."""
+    analytic = analytic_for(cfg.model)
+    model = analytic.cost_model(cfg.model.size)
     runs, file_env = load_measured(cfg, records)
     choice = choose_hardware(cfg, file_env)
     if runs:
@@ -270,7 +239,7 @@ def analyse(cfg: Any, out_dir: Path, records: Sequence[Any], model: DeepseekOCRC
     else:
         on_cuda = choice.hardware is not None
     dtype = resolve_dtype_name(str(cfg.model.dtype), on_cuda)
-    wl, grid, sources = workload(runs, dtype)
+    wl, grid, sources = static_workload(cfg, runs, dtype, analytic, model.spec)
     report = {
         "model": {"family": cfg.model.family, "size": cfg.model.size, "params": model.params},
         "workload": {
@@ -289,7 +258,7 @@ def analyse(cfg: Any, out_dir: Path, records: Sequence[Any], model: DeepseekOCRC
                                                            wl.dtype_bytes)),
         "layers": _layers_json(model, wl),
     }
-    report["flop_counter"] = (_flop_count(cfg, model, wl, crosscheck) if cfg.static_analysis.flop_counter
+    report["flop_counter"] = (_flop_count(cfg, model, wl, analytic.crosscheck) if cfg.static_analysis.flop_counter
                               else {"skipped": "static_analysis.flop_counter=false"})
     markdown = render_markdown(report)
     out_dir = Path(out_dir)

@@ -19,17 +19,11 @@ import numpy as np
 
 from pytest_dsocr.analytic.config import CONTEXT_STEP, DEFAULT_DECODE_STEPS
 from pytest_dsocr.analytic.efficiency import MS, floor_seconds
+from pytest_dsocr.analytic.family import AnalyticFamily, analytic_for
 from pytest_dsocr.analytic.model import DeepseekOCRCostModel
-from pytest_dsocr.analytic.workload import (
-    Workload,
-    candidate_grids,
-    dtype_bytes,
-    resolve_dtype_name,
-    workload_for_grids,
-)
+from pytest_dsocr.analytic.workload import Workload, dtype_bytes, resolve_dtype_name
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.hardware import Hardware
-from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
+from pytest_dsocr.hardware import Hardware, select_hardware
 from pytest_dsocr.atomic import atomic_save_figure, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -37,6 +31,7 @@ log = logging.getLogger(__name__)
 SWEEP_DIR = "sweeps"
 SWEEPS = ("vision_crops", "vision_prefill", "decode")
 GLOBAL_ONLY = (1, 1)  # the no-crop baseline row of the crop sweeps
+MIN_SWEEP_CROPS = 2  # the smallest crop grid of both families' preprocessing has two tiles
 
 
 @dataclass(frozen=True)
@@ -48,17 +43,17 @@ class SweepPoints:
     steps: np.ndarray  # decode sweep, one entry per point: decode steps
 
     @classmethod
-    def build(cls, spec: DeepseekOCRSpec, max_crops: int, context_lengths: Optional[Sequence[int]] = None,
+    def build(cls, spec, grids: Sequence[tuple[int, int]], context_lengths: Optional[Sequence[int]] = None,
               decode_steps: Sequence[int] = tuple(DEFAULT_DECODE_STEPS)) -> "SweepPoints":
-        """Every candidate grid of up to ``max_crops`` tiles (after the global-only baseline);
-        every (context, steps) pair that fits the decoder's position limit."""
+        """The global-only baseline then ``grids`` (a family's candidate crop grids); every
+        (context, steps) pair that fits the decoder's position limit (``spec.text``)."""
         limit = spec.text.max_position_embeddings
         if context_lengths is None:
             context_lengths = range(CONTEXT_STEP, limit + 1, CONTEXT_STEP)
         pairs = [(c, n) for c in context_lengths for n in decode_steps if c + n <= limit]
         contexts = np.array([c for c, _ in pairs], dtype=np.int64)
         steps = np.array([n for _, n in pairs], dtype=np.int64)
-        return cls((GLOBAL_ONLY, *candidate_grids(max_crops)), contexts, steps)
+        return cls((GLOBAL_ONLY, *grids), contexts, steps)
 
 
 @dataclass(frozen=True)
@@ -82,11 +77,12 @@ def _floor_ms(flops, nbytes, s: SweepSettings) -> np.ndarray:
     return floor_seconds(flops, nbytes, s.hardware, s.dtype) / MS
 
 
-def crop_sweeps(model: DeepseekOCRCostModel, grids: Sequence[tuple[int, int]], s: SweepSettings
-                ) -> tuple[Columns, Columns]:
-    """Both crop-grid sweeps from one evaluation of the grids' workload (see :func:`crop_columns`)."""
-    wl = workload_for_grids(model.spec, s.base_size, s.image_size, grids, text_tokens=s.text_tokens,
-                            batch=s.batch, dtype_bytes=s.dtype_bytes, attention=s.attention)
+def crop_sweeps(analytic: AnalyticFamily, model: DeepseekOCRCostModel, grids: Sequence[tuple[int, int]],
+                s: SweepSettings) -> tuple[Columns, Columns]:
+    """Both crop-grid sweeps from one evaluation of the grids' workload, in the token layout of
+    the family ``analytic`` describes (see :func:`crop_columns`)."""
+    wl = analytic.workload_for_grids(model.spec, s.base_size, s.image_size, grids, text_tokens=s.text_tokens,
+                                     batch=s.batch, dtype_bytes=s.dtype_bytes, attention=s.attention)
     return crop_columns(model, wl, grids, s)
 
 
@@ -144,26 +140,28 @@ def decode(model: DeepseekOCRCostModel, contexts: np.ndarray, steps: np.ndarray,
     return cols
 
 
-def run_sweeps(model: DeepseekOCRCostModel, points: SweepPoints, s: SweepSettings) -> dict[str, Columns]:
+def run_sweeps(analytic: AnalyticFamily, model: DeepseekOCRCostModel, points: SweepPoints,
+               s: SweepSettings) -> dict[str, Columns]:
     """The three sweeps on one cost model (the reuse path)."""
-    crops, with_prefill = crop_sweeps(model, points.grids, s)
+    crops, with_prefill = crop_sweeps(analytic, model, points.grids, s)
     return {"vision_crops": crops, "vision_prefill": with_prefill,
             "decode": decode(model, points.contexts, points.steps, s)}
 
 
-def rebuild_per_point(spec: DeepseekOCRSpec, points: SweepPoints, s: SweepSettings) -> dict[str, Columns]:
-    """The same sweeps with a fresh cost model built from the spec for every point (the way the
-    system we replace did it, minus its config copies): the baseline for reuse."""
+def rebuild_per_point(analytic: AnalyticFamily, size: str, points: SweepPoints, s: SweepSettings
+                      ) -> dict[str, Columns]:
+    """The same sweeps with a fresh cost model of ``size`` for every point (the way the system we
+    replace did it, minus its config copies): the baseline for reuse."""
 
     def stack(rows: list[Columns]) -> Columns:
         return {k: np.concatenate([np.atleast_1d(r[k]) for r in rows]) for k in rows[0]}
 
     one = np.ones(1, dtype=np.int64)
-    crops = [crop_sweeps(DeepseekOCRCostModel(spec), [g], s) for g in points.grids]
+    crops = [crop_sweeps(analytic, analytic.cost_model(size), [g], s) for g in points.grids]
     return {
         "vision_crops": stack([c for c, _ in crops]),
         "vision_prefill": stack([p for _, p in crops]),
-        "decode": stack([decode(DeepseekOCRCostModel(spec), c * one, n * one, s)
+        "decode": stack([decode(analytic.cost_model(size), c * one, n * one, s)
                          for c, n in zip(points.contexts.tolist(), points.steps.tolist())]),
     }
 
@@ -265,41 +263,35 @@ def _positive_ints(key: str, values) -> list[int]:
 
 
 def run_sweep_stage(cfg, out_dir: Path) -> SweepStageResult:
-    """Everything the sweep stage does: the three default sweeps of the configured model size,
-    evaluated on one cost model, written as CSV (and PNG) under ``out_dir``."""
-    from pytest_dsocr.hardware import select_hardware
-    from pytest_dsocr.models.deepseek_ocr.spec import SPECS
-
-    if cfg.model.family == "deepseek_ocr2":  # DeepSeek-OCR-2's cost model, tile grids and token layout
-        from pytest_dsocr.analytic.deepseek_ocr2 import run_sweep_stage as run_v2
-
-        return run_v2(cfg, out_dir)
-    if cfg.model.family != "deepseek_ocr":
-        raise DsocrError(f"sweep: model.family={cfg.model.family!r} has no cost model yet; use deepseek_ocr")
-    spec = SPECS[cfg.model.size]
+    """Everything the sweep stage does: the three default sweeps of the configured model
+    (family and size), evaluated on one cost model, written as CSV (and PNG) under ``out_dir``."""
+    analytic = analytic_for(cfg.model)
+    views = analytic.views(cfg.model)
+    model = analytic.cost_model(cfg.model.size)
     sweep = cfg.sweep
     max_crops = sweep.max_crops if sweep.max_crops is not None else cfg.model.max_crops
-    if max_crops < 2:
-        raise DsocrError(f"sweep.max_crops={max_crops}: must be >= 2 (the vendor's smallest crop grid)")
+    if max_crops < MIN_SWEEP_CROPS:
+        raise DsocrError(f"sweep.max_crops={max_crops}: must be >= {MIN_SWEEP_CROPS} (the smallest crop grid)")
     contexts = None if sweep.context_lengths is None else _positive_ints(
         "sweep.context_lengths", sweep.context_lengths)
     steps = _positive_ints("sweep.decode_steps", sweep.decode_steps)
     choice = select_hardware(cfg.hardware.name)
     dtype = resolve_dtype_name(str(cfg.model.dtype), choice.hardware is not None)
     settings = SweepSettings(
-        base_size=int(cfg.model.base_size), image_size=int(cfg.model.image_size),
-        text_tokens=int(sweep.text_tokens), batch=int(sweep.batch_size), dtype_bytes=dtype_bytes(dtype),
-        attention=str(sweep.attention), hardware=choice.hardware, dtype=dtype,
+        base_size=views.base_size, image_size=views.tile_size, text_tokens=int(sweep.text_tokens),
+        batch=int(sweep.batch_size), dtype_bytes=dtype_bytes(dtype), attention=str(sweep.attention),
+        hardware=choice.hardware, dtype=dtype,
     )
-    points = SweepPoints.build(spec, int(max_crops), contexts, steps)
+    points = SweepPoints.build(model.spec, analytic.candidate_grids(int(max_crops)), contexts, steps)
     started = time.perf_counter()
-    results = run_sweeps(DeepseekOCRCostModel(spec), points, settings)
+    results = run_sweeps(analytic, model, points, settings)
     elapsed_ms = (time.perf_counter() - started) * 1e3
     paths, notes = write_sweeps(results, out_dir, plots=bool(sweep.plots))
     if choice.hardware is None:
         notes.append(f"floor-time columns omitted: {choice.reason}")
     section = {
-        "model_size": cfg.model.size, "dtype": dtype, "attention": settings.attention,
+        "model_family": cfg.model.family, "model_size": cfg.model.size, "dtype": dtype,
+        "attention": settings.attention,
         "hardware": choice.hardware.name if choice.hardware else None, "hardware_choice": choice.reason,
         "points": {name: int(len(np.atleast_1d(next(iter(cols.values()))))) for name, cols in results.items()},
         "evaluate_ms": elapsed_ms,

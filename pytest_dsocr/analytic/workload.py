@@ -14,6 +14,7 @@ import numpy as np
 
 from pytest_dsocr.analytic.ops import ATTENTION_MODES, Number
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.models.deepseek_ocr import processing
 from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
 
 # Prompt tokens around the image tokens: BOS plus the tokens of "\n<|grounding|>Convert the
@@ -24,27 +25,19 @@ DEFAULT_TEXT_TOKENS = 10
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def _layout():
-    """The preprocessing module's grid and token functions (single source of that arithmetic)."""
-    from pytest_dsocr.models.deepseek_ocr import processing
-
-    return processing
-
-
 def image_token_count(spec: DeepseekOCRSpec, base_size: int, image_size: int, grid: tuple[int, int]) -> int:
-    return _layout().image_token_count(spec, base_size, image_size, tuple(grid))
+    return processing.image_token_count(spec, base_size, image_size, tuple(grid))
 
 
 def candidate_grids(max_crops: int) -> list[tuple[int, int]]:
     """Every tile grid the vendor may choose with at most ``max_crops`` tiles, in its order."""
-    processing = _layout()
     return processing.candidate_grids(processing.MIN_CROPS, max_crops)
 
 
 def crop_grid_for(
     image_wh: tuple[int, int], base_size: int, image_size: int, crop_mode: bool, max_crops: int
 ) -> tuple[int, int]:
-    return _layout().crop_grid_for(tuple(image_wh), base_size, image_size, crop_mode, max_crops)
+    return processing.crop_grid_for(tuple(image_wh), base_size, image_size, crop_mode, max_crops)
 
 
 def resolve_dtype_name(dtype: str, on_gpu: bool) -> str:

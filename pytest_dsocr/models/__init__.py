@@ -1,8 +1,9 @@
 """Model families behind one builder: ``build_model(family, size, ...)`` returns the torch module.
 
 ``deepseek_ocr`` (v1, our own module) and ``deepseek_ocr2`` (v2, transformers' native model);
-each family keeps its sizes in its own ``spec.py``. No code path reaches a model hub: weights
-come from a local folder or from a seeded random init.
+each family keeps its sizes in its own ``spec.py`` and its builder in its ``modeling.py``, named
+by its entry in :mod:`pytest_dsocr.families`. No code path reaches a model hub: weights come
+from a local folder or from a seeded random init.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import logging
 
 import torch
 
+from pytest_dsocr import families
 from pytest_dsocr.errors import DsocrError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -54,44 +55,17 @@ def build_model(family: str, size: str, device: str | torch.device = "cpu",
 
     ``dtype`` None = float32 on CPU/meta, bfloat16 on CUDA. ``device="meta"`` allocates
     nothing (parameter counts, key maps). With ``path`` (a local folder with config.json and
-    *.safetensors) the weights are loaded through the exact key map; without it they are
-    random from ``seed``. ``experts_implementation`` picks transformers' MoE kernel
-    (None: eager on CPU, transformers' default elsewhere).
+    *.safetensors) the weights are loaded by the family's checkpoint loader; without it they
+    are random from ``seed``. ``experts_implementation`` picks transformers' MoE kernel
+    (None: eager on CPU, transformers' default elsewhere). The family's registry entry
+    (:mod:`pytest_dsocr.families`) names its builder.
     """
-    if family == "deepseek_ocr2":
-        return _build_deepseek_ocr2(size, device, dtype, path, seed, experts_implementation)
-    if family != "deepseek_ocr":
-        raise DsocrError(f"model.family={family!r}: unknown model family; choose one of {', '.join(FAMILIES)}")
-    from pytest_dsocr.models.deepseek_ocr import checkpoint
-    from pytest_dsocr.models.deepseek_ocr.spec import SPECS
-
-    if size not in SPECS:
-        raise DsocrError(f"model.size={size!r}: unknown size of {family}; choose one of {', '.join(SPECS)}")
+    entry = families.family(family)
+    entry.check_size(size)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if path is not None:
-        checkpoint.checkpoint_files(path)  # fail on a bad path before building anything
-        if torch_device.type == "meta":
-            raise DsocrError(f"model.path={path!r}: a checkpoint cannot be loaded on the meta device")
-    from pytest_dsocr.models.deepseek_ocr.modeling import build_deepseek_ocr
-
-    model = build_deepseek_ocr(SPECS[size], torch_device, torch_dtype, seed=seed,
-                               experts_implementation=experts_implementation)
-    if path is not None:
-        checkpoint.load_checkpoint(model, path)
-    return model.eval()
-
-
-def _build_deepseek_ocr2(size, device, dtype, path, seed, experts_implementation) -> torch.nn.Module:
-    """transformers' DeepseekOcr2ForConditionalGeneration: seeded random init, or a local checkpoint."""
-    from pytest_dsocr.models.deepseek_ocr2 import modeling
-    from pytest_dsocr.models.deepseek_ocr2.spec import SPECS
-
-    if size not in SPECS:
-        raise DsocrError(f"model.size={size!r}: unknown size of deepseek_ocr2; choose one of {', '.join(SPECS)}")
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    if path is not None:
-        return modeling.load_deepseek_ocr2(path, SPECS[size], torch_device, torch_dtype, experts_implementation)
-    return modeling.build_deepseek_ocr2(SPECS[size], torch_device, torch_dtype, seed=seed,
-                                        experts_implementation=experts_implementation)
+    if path is not None and torch_device.type == "meta":
+        raise DsocrError(f"model.path={path!r}: a checkpoint cannot be loaded on the meta device")
+    build = entry.load("builder")
+    return build(size, torch_device, torch_dtype, path=path, seed=seed,
+                 experts_implementation=experts_implementation).eval()

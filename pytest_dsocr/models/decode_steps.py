@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from pytest_dsocr.compat import cache_kwargs, output_cache
 from pytest_dsocr.data.images import load_image
+from pytest_dsocr.static_decode import StaticDecoder
 
 
 class DecodeSteps:
@@ -28,8 +29,6 @@ class DecodeSteps:
         self.decode_backend = decode_backend
         self.static = None
         if decode_backend == "static":
-            from pytest_dsocr.static_decode import StaticDecoder
-
             self.static = StaticDecoder(self.model, self.model.model.language_model.config,
                                         self.max_positions, self.device)
 

@@ -5,3 +5,6 @@ engine's inferences), a command builder (for the tools that wrap a process) and 
 folds the tool's output into tables per DeepSeek-OCR stage. Typed presets live in
 :mod:`pytest_dsocr.profilers.config`; ``conf/profiling/{torch,nsys,ncu}/`` only choose values.
 """
+
+# The values of --dsocr-profiler: one per profiler stage, or none.
+PROFILERS = ("none", "torch", "nsys", "ncu")

@@ -21,25 +21,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from pytest_dsocr.families import ALL_STAGES
+
 DOMAIN = "dsocr"
 TORCH_PREFIX = "dsocr::"  # record_function names: dsocr::prefill, dsocr::sample:page_001
 SAMPLE_PREFIX = "sample:"
 OTHER = "other"  # inside a sample but outside every stage range (engine bookkeeping)
 OUTSIDE = "outside"  # outside every dsocr range (e.g. between inferences)
 
-# Stage -> the stage it nests in (None: top level inside a sample).
-STAGE_PARENT: dict[str, str | None] = {
-    "preprocess": None,
-    "prefill": None,
-    "vision": "prefill",
-    "sam": "vision",
-    "clip": "vision",
-    "encoder": "vision",  # DeepSeek-OCR-2's vision encoder, in place of v1's clip
-    "projector": "vision",
-    "decode": None,
-}
-# Order of the stage tables.
-STAGE_ORDER = ("preprocess", "prefill", "vision", "sam", "clip", "encoder", "projector", "decode")
+# Every family's model stages (pytest_dsocr.families): stage -> the stage it nests in (None:
+# top level inside a sample), and the order of the stage tables.
+STAGE_PARENT: dict[str, str | None] = ALL_STAGES.parent
+KNOWN_STAGES = ALL_STAGES.order
 # A range name we do not know (another model family's sub-stage) nests inside vision.
 UNKNOWN_DEPTH = 3
 
@@ -58,11 +51,11 @@ def stage_depth(stage: str) -> int:
 
 def stage_sort_key(stage: str) -> tuple[int, str]:
     """Engine order first, then unknown stages by name, then other/outside."""
-    if stage in STAGE_ORDER:
-        return (STAGE_ORDER.index(stage), stage)
+    if stage in KNOWN_STAGES:
+        return (KNOWN_STAGES.index(stage), stage)
     if stage in (OTHER, OUTSIDE):
-        return (len(STAGE_ORDER) + 1 + (stage == OUTSIDE), stage)
-    return (len(STAGE_ORDER), stage)
+        return (len(KNOWN_STAGES) + 1 + (stage == OUTSIDE), stage)
+    return (len(KNOWN_STAGES), stage)
 
 
 def ancestors(stage: str) -> list[str]:
@@ -124,7 +117,7 @@ def innermost(stages: Iterable[str]) -> str | None:
     return best
 
 
-def stages_in_text(text: str, known: Iterable[str] = STAGE_ORDER) -> tuple[str | None, list[str]]:
+def stages_in_text(text: str, known: Iterable[str] = KNOWN_STAGES) -> tuple[str | None, list[str]]:
     """(sample id, stage names) found in a free-form NVTX description such as ncu's NVTX column.
 
     ncu prints the push/pop stack of the launching thread as one cell whose exact layout
@@ -139,7 +132,7 @@ def stages_in_text(text: str, known: Iterable[str] = STAGE_ORDER) -> tuple[str |
     return sample, names
 
 
-def stage_of_nvtx_text(text: str, known: Iterable[str] = STAGE_ORDER) -> tuple[str | None, str]:
+def stage_of_nvtx_text(text: str, known: Iterable[str] = KNOWN_STAGES) -> tuple[str | None, str]:
     """(sample id, innermost stage) of ncu's NVTX cell; stage ``outside`` when none is named."""
     sample, names = stages_in_text(text, known)
     stage = innermost(names)

@@ -35,9 +35,17 @@ from omegaconf import OmegaConf
 
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.profilers.config import NcuConfig, NcuRange
-from pytest_dsocr.profilers.ncu_csv import NcuKernel, kernels_csv, kernels_markdown, ncu_section, parse_raw_csv
+from pytest_dsocr.profilers.ncu_csv import (
+    NcuKernel,
+    kernels_csv,
+    kernels_markdown,
+    ncu_section,
+    parse_raw_csv,
+    per_stage,
+)
 from pytest_dsocr.profilers.tools import CHILD_ENV
 from pytest_dsocr.atomic import atomic_write_text
+from pytest_dsocr.report.markdown import fmt, table
 
 STAGE = "ncu"
 DIRECT_TEST = "benchmarks/test_direct_inference.py::test_direct_inference"
@@ -230,9 +238,6 @@ class NcuRunner:
 
     def summary_markdown(self) -> str:
         """A short block for the stakeholder summary: time and limiter per stage."""
-        from pytest_dsocr.profilers.ncu_csv import per_stage
-        from pytest_dsocr.report.markdown import fmt, table
-
         stages = per_stage(self.kernels, float(self.preset.latency_bound_pct))
         rows = [[stage, s["launches"], s["duration_ms"], fmt(s["sm_throughput_pct"], 1),
                  fmt(s["dram_throughput_pct"], 1), s["bound"] or "n/a"] for stage, s in stages.items()]

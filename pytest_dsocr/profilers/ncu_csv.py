@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.profilers.attribution import STAGE_ORDER, stage_of_nvtx_text, stage_sort_key
+from pytest_dsocr.profilers.attribution import KNOWN_STAGES, stage_of_nvtx_text, stage_sort_key
 from pytest_dsocr.report.markdown import fmt, table
 
 DURATION = "gpu__time_duration.sum"
@@ -154,7 +154,7 @@ def _nvtx_text(header: Sequence[str], row: dict[str, str]) -> str:
     return " | ".join(row[name] for name in columns if row.get(name))
 
 
-def parse_raw_csv(text: str, known_stages: Iterable[str] = STAGE_ORDER, range_name: str = "") -> list[NcuKernel]:
+def parse_raw_csv(text: str, known_stages: Iterable[str] = KNOWN_STAGES, range_name: str = "") -> list[NcuKernel]:
     """Kernel records of ``ncu --csv --page raw`` output, each with its innermost stage
     (``range_name`` tags them with the ncu pass that profiled them)."""
     header, units, rows = read_raw_csv(text)

@@ -29,7 +29,6 @@ Three parts:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -54,6 +53,7 @@ from pytest_dsocr.profilers.nsys_stats import (
 )
 from pytest_dsocr.profilers.tools import CHILD_ENV, NSYS_URL, under_nsys, which
 from pytest_dsocr.records import ImageRun, Sample
+from pytest_dsocr.report.rebuild import add_section
 from pytest_dsocr.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ STAGE = "nsys"
 CAPTURE_ENV = "DSOCR_NSYS_CAPTURE"
 CAPTURE_OPEN = "open"  # no CAPTURE_ENV: start once, never stop
 REPORT_SUFFIXES = (".nsys-rep", ".qdrep")  # .qdrep: releases before 2021.4
-METRICS_FILE = "metrics.json"
 RUN_DIR_OPTION = "--dsocr-run-dir"
 
 # The three stats reports by their current names, then the names of older releases.
@@ -341,18 +340,12 @@ def read_tables(csvs: Mapping[str, Path]) -> NsysTables:
 
 
 def merge_into_metrics(run_dir: Path, section: dict) -> bool:
-    """Add ``nsys`` to an existing metrics.json (written by the profiled session)."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return False
+    """Add ``nsys`` to an existing run (its records and metrics.json, written by the profiled session)."""
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("not adding the nsys section to %s: %s", path, exc)
+        return add_section(run_dir, STAGE, section)
+    except DsocrError as exc:
+        log.warning("not adding the nsys section to %s: %s", run_dir, exc)
         return False
-    metrics[STAGE] = section
-    atomic_write_json(path, metrics)
-    return True
 
 
 def nsys_report(report_file: str | Path | Sequence[str | Path], run_dir: str | Path, *, nsys: str | None = None,

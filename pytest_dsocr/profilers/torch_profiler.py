@@ -35,6 +35,8 @@ from pytest_dsocr.profilers.attribution import TORCH_PREFIX
 from pytest_dsocr.profilers.config import TorchProfilerConfig
 from pytest_dsocr.profilers.overhead import BASELINE_DIRECT, BASELINE_OWN, profiler_overhead
 from pytest_dsocr.profilers.tables import OperatorTable
+from pytest_dsocr.report.markdown import fmt
+from pytest_dsocr.report.markdown import table as md_table
 from pytest_dsocr.records import ImageRun, Sample
 from pytest_dsocr.atomic import atomic_open, atomic_write_json, atomic_write_text
 
@@ -264,8 +266,6 @@ class TorchProfilerStage:
                  f"full tables in `{STAGE}/operators.md`.",
                  "", f"Profiler overhead: {ratio:.3f}x end-to-end ({overhead['baseline']} baseline)."
                  if ratio is not None else "Profiler overhead: not measured.", ""]
-        from pytest_dsocr.report.markdown import fmt, table as md_table
-
         self_col = "self_device_ms" if table.sort_by == "self_device" else "self_cpu_ms"
         rows = [[r["operator"], r["stage"], r["calls"], r[self_col], fmt(r["share_of_stage_pct"], 1)]
                 for r in table.rows()[:SUMMARY_TOP]]

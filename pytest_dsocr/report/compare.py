@@ -11,28 +11,27 @@ give between two different models.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
-from typing import Any
 
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.families import ALL_STAGES
 from pytest_dsocr.report.gate import (
     DEFAULT_INCONCLUSIVE,
     DEFAULT_MIN_PAGES,
     DEFAULT_THRESHOLD,
     INCONCLUSIVE_CHOICES,
     compare_runs,
-    load_baseline,
     parse_inconclusive,
     parse_min_pages,
     parse_stage_thresholds,
     parse_threshold,
 )
 from pytest_dsocr.report.markdown import MISSING, RATE_DIGITS, RATIO_DIGITS, fmt, table
-from pytest_dsocr.report.metrics import DECODE, LATENCY_METRICS, PREFILL, VISION, lookup
+from pytest_dsocr.report.metrics import read_metrics
+from pytest_dsocr.report.model import RunMetrics
+from pytest_dsocr.stages import LATENCY_METRICS
 
 HELP = "compare two saved runs stage by stage (regression table; exit 1 on a regression)"
 EXIT_OK, EXIT_REGRESSION = 0, 1
-FAMILY_PATH = ("config", "model", "family")
 THROUGHPUT_ROWS = (("pages/s", "pages_per_s"), ("output tokens/s", "output_tokens_per_s"))
 
 
@@ -52,15 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    baseline = load_baseline(args.run_a, option="RUN_A")
-    current = load_baseline(args.run_b, option="RUN_B")
-    family_a, family_b = lookup(baseline, FAMILY_PATH), lookup(current, FAMILY_PATH)
-    if family_a is not None and family_b is not None and family_a != family_b:
+    baseline = read_metrics(args.run_a, option="RUN_A")
+    current = read_metrics(args.run_b, option="RUN_B")
+    if baseline.family is not None and current.family is not None and baseline.family != current.family:
         print(family_table(baseline, current))
         return EXIT_OK
     result = compare_runs(
-        baseline,
-        current,
+        baseline.to_json(),
+        current.to_json(),
         threshold=parse_threshold(args.threshold, "--threshold"),
         per_stage=parse_stage_thresholds(_stage_pairs(args.stage_threshold), "--stage-threshold"),
         force=args.force,
@@ -72,23 +70,25 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if result.failed else EXIT_OK
 
 
-def family_table(run_a: Mapping[str, Any], run_b: Mapping[str, Any]) -> str:
+def family_table(run_a: RunMetrics, run_b: RunMetrics) -> str:
     """Side by side medians of two runs of different model families: no ratios judged, no verdicts."""
     label_a, label_b = _label(run_a, "A"), _label(run_b, "B")
-    stages_a = (run_a.get("aggregates") or {}).get("stage_ms") or {}
-    stages_b = (run_b.get("aggregates") or {}).get("stage_ms") or {}
-    names = [PREFILL, VISION, *_merged_substages(stages_a, stages_b), DECODE]
+    stages_a, stages_b = run_a.aggregates.stage_ms, run_b.aggregates.stage_ms
+    # Every family's stages in pipeline order: each family's vision encoder beside the other's.
+    names = [name for name in ALL_STAGES.order if name in stages_a or name in stages_b]
+    names += [name for name in (*stages_a, *stages_b) if name not in names]
     rows = []
-    for name in names:
-        a, b = stages_a.get(name) or {}, stages_b.get(name) or {}
-        if a or b:
-            rows.append((name, fmt(a.get("p50")), fmt(b.get("p50")), _ratio(a.get("p50"), b.get("p50"))))
+    for name in dict.fromkeys(names):
+        a, b = stages_a.get(name), stages_b.get(name)
+        a50, b50 = (a.p50 if a else None), (b.p50 if b else None)
+        rows.append((name, fmt(a50), fmt(b50), _ratio(a50, b50)))
     for metric in LATENCY_METRICS:
-        a, b = (lookup(run, ("aggregates", f"{metric}_ms")) or {} for run in (run_a, run_b))
-        if a.get("count") or b.get("count"):
-            rows.append((metric, fmt(a.get("p50")), fmt(b.get("p50")), _ratio(a.get("p50"), b.get("p50"))))
+        a, b = run_a.aggregates.stat(metric), run_b.aggregates.stat(metric)
+        if (a and a.count) or (b and b.count):
+            rows.append((metric, fmt(a.p50 if a else None), fmt(b.p50 if b else None),
+                         _ratio(a.p50 if a else None, b.p50 if b else None)))
     for label, key in THROUGHPUT_ROWS:
-        a, b = (lookup(run, ("aggregates", "throughput", key)) for run in (run_a, run_b))
+        a, b = getattr(run_a.aggregates.throughput, key), getattr(run_b.aggregates.throughput, key)
         rows.append((label, fmt(a, RATE_DIGITS), fmt(b, RATE_DIGITS), _ratio(a, b)))
     heading = (
         f"**Family comparison** ({label_a} vs {label_b}): different models, so no regression verdict; "
@@ -97,24 +97,8 @@ def family_table(run_a: Mapping[str, Any], run_b: Mapping[str, Any]) -> str:
     return heading + "\n\n" + table(("Stage", label_a, label_b, "B / A"), rows)
 
 
-def _merged_substages(stages_a: Mapping[str, Any], stages_b: Mapping[str, Any]) -> list[str]:
-    """Both runs' sub-stages in pipeline order, a stage of B that A lacks placed before B's next
-    stage that A has: v1 (sam, clip, projector) and v2 (sam, encoder, projector) give sam, clip,
-    encoder, projector, so each family's vision encoder sits beside the other's."""
-    outer = (PREFILL, VISION, DECODE)
-    merged = [name for name in stages_a if name not in outer]
-    others = [name for name in stages_b if name not in outer]
-    for index, name in enumerate(others):
-        if name in merged:
-            continue
-        following = next((n for n in others[index + 1:] if n in merged), None)
-        merged.insert(merged.index(following) if following else len(merged), name)
-    return merged
-
-
-def _label(run: Mapping[str, Any], fallback: str) -> str:
-    model = lookup(run, ("config", "model")) or {}
-    parts = [str(model[key]) for key in ("family", "size") if model.get(key) is not None]
+def _label(run: RunMetrics, fallback: str) -> str:
+    parts = [str(run.model[key]) for key in ("family", "size") if run.model.get(key) is not None]
     return f"{fallback}: {' '.join(parts)}" if parts else fallback
 
 

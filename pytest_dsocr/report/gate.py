@@ -62,18 +62,12 @@ from pytest_dsocr.report.compatibility import (
     identity_from_metrics,
     incompatible_error,
 )
+from pytest_dsocr.records import ImageRun
 from pytest_dsocr.report.markdown import RATIO_DIGITS, fmt, table
-from pytest_dsocr.report.metrics import (
-    DECODE,
-    LATENCY_METRICS,
-    METRICS_FILE,
-    PREFILL,
-    VISION,
-    lookup,
-    primary_samples,
-    sample_metrics,
-)
+from pytest_dsocr.report.metrics import METRICS_FILE, sample_metrics
+from pytest_dsocr.report.model import RunMetrics
 from pytest_dsocr.report.ttest import PAIRED, UNPAIRED, RatioInterval, paired_ratio_interval, unpaired_ratio_interval
+from pytest_dsocr.stages import DECODE, LATENCY_METRICS, PREFILL, VISION
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.05  # the interval is two-sided at 1 - alpha; each verdict's claim holds at 1 - alpha / 2
@@ -317,19 +311,26 @@ def load_baseline(path: str | os.PathLike[str], option: str = BASELINE_OPTION) -
     return data
 
 
-def values_by_page(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
+def values_by_page(samples: Sequence[ImageRun | Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
     """stage -> page key -> that page's values, one per record (round and epoch).
 
-    ``samples`` are record jsons (``ImageRun.to_json()``); their stage values come from
+    ``samples`` are records: :class:`ImageRun` (e.g. ``RunMetrics.primary_samples()``) or their
+    json (``ImageRun.to_json()``, a metrics.json's ``samples``); their stage values come from
     :func:`pytest_dsocr.report.metrics.sample_metrics`. A page key is the sample id and the
     prompt length: the same file under another config has another prompt length and never pairs.
     """
     grouped: dict[str, dict[str, list[float]]] = {}
     for sample in samples:
-        key = f"{sample['sample_id']}#{sample.get('prefill_len')}"
-        for stage, value in sample_metrics(sample).items():
+        run = sample if isinstance(sample, ImageRun) else ImageRun.from_json(sample)
+        key = page_key(run.sample_id, run.prefill_len)
+        for stage, value in sample_metrics(run).items():
             grouped.setdefault(stage, {}).setdefault(key, []).append(value)
     return grouped
+
+
+def page_key(sample_id: str, prefill_len: int | None) -> str:
+    """What identifies a page across runs: its sample id and prompt length."""
+    return f"{sample_id}#{prefill_len}"
 
 
 def page_medians(pages: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -441,7 +442,7 @@ def compare_runs(
 
 
 def run_gate(
-    metrics: Mapping[str, Any],
+    metrics: RunMetrics | Mapping[str, Any],
     baseline: str | os.PathLike[str] | Mapping[str, Any],
     max_regression: str | float = DEFAULT_THRESHOLD,
     *,
@@ -457,7 +458,7 @@ def run_gate(
     Bad input raises DsocrError naming the option."""
     base = baseline if isinstance(baseline, Mapping) else load_baseline(baseline)
     result = compare_runs(
-        base, metrics, threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
+        base, as_metrics_json(metrics), threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
         force=force, min_pages=parse_min_pages(min_pages), inconclusive=parse_inconclusive(inconclusive),
         differences=differences,
     )
@@ -488,15 +489,15 @@ def _run_values(metrics: Mapping[str, Any], label: str) -> tuple[dict[str, dict[
     once (1 round, 1 epoch); they then get keys of their own run (``label``), so they never
     pair. Otherwise they cannot be reduced to pages and the stages get no verdict.
     """
-    samples = primary_samples(metrics)
+    samples = _primary_samples(metrics)
     if samples:
         return values_by_page(samples), None
     aggregates = metrics.get("aggregates") or {}
     named = {**{m: aggregates.get(f"{m}_ms") for m in LATENCY_METRICS}, **(aggregates.get("stage_ms") or {})}
     raw = {stage: [float(v) for v in (stats or {}).get("values") or []] for stage, stats in named.items()}
     raw = {stage: values for stage, values in raw.items() if values}
-    rounds = lookup(metrics, ("counts", "rounds"))
-    epochs = lookup(metrics, ("config", "dataset", "sampling", "num_epochs"))
+    rounds = _lookup(metrics, ("counts", "rounds"))
+    epochs = _lookup(metrics, ("config", "dataset", "sampling", "num_epochs"))
     if rounds == 1 and epochs == 1:
         pages = {stage: {f"{label}:{i}": [v] for i, v in enumerate(values)} for stage, values in raw.items()}
         return pages, f"the {label} metrics.json has no per-page samples; its values (1 round each) are taken as pages, unpaired."
@@ -512,6 +513,27 @@ def _common_stages(baseline: Mapping[str, Any], current: Mapping[str, Any], meas
     ordered = [PREFILL, VISION] + [s for s in ours if s not in (PREFILL, VISION, DECODE)] + [DECODE]
     common = [s for s in ordered if s in theirs and s in ours]
     return common + [m for m in LATENCY_METRICS if m in measured]
+
+
+def as_metrics_json(metrics: RunMetrics | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The json form the gate reads (a RunMetrics is converted)."""
+    return metrics.to_json() if isinstance(metrics, RunMetrics) else metrics
+
+
+def _primary_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-sample records of a metrics dict that its top-level aggregates are made of."""
+    samples = list(metrics.get("samples") or [])
+    stage = metrics.get("aggregates_stage")
+    return [s for s in samples if s.get("stage", stage) == stage]
+
+
+def _lookup(mapping: Any, path: tuple[str, ...]) -> Any:
+    """``mapping[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
 
 
 def _geometric_mean(values: Any) -> float | None:

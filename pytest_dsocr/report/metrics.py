@@ -1,11 +1,12 @@
 """metrics.json: every number of a run, built from ImageRun records by one function.
 
-Schema (``schema_version`` 2; everything the skeleton wrote is still there, the rest is
-additive). Every statistic below is a :class:`~pytest_dsocr.report.stats.Stats` json:
+Schema (``schema_version`` 3; everything the skeleton wrote is still there, the rest is
+additive). The typed model is :class:`pytest_dsocr.report.model.RunMetrics`; this module
+builds it from records and writes/reads it. Every statistic below is a :class:`~pytest_dsocr.report.stats.Stats` json:
 ``{count, mean, std, min, p50, p90, p95, p99, max, ci_low, ci_high, ci_level, unit, values}``.
 
 ``aggregates`` (records of one benchmark stage, named by ``aggregates_stage``:
-direct_inference when it ran, else the first stage in :data:`STAGE_ORDER` that did, so that
+direct_inference when it ran, else the first stage in BENCHMARK_STAGES order that did, so that
 profiler overhead never leaks into the headline numbers):
 
 - ``prefill_ms``, ``decode_ms``: per-run stage times.
@@ -36,307 +37,293 @@ epoch in one benchmark stage), ``memory`` (peak memory as measured by the caller
 ``env``, ``config``, ``complete`` and ``reason`` (a run cut short says why), ``by_stage``
 (the aggregates of each benchmark stage when several contributed), ``by_worker`` (per
 worker/GPU rows and totals when several workers contributed), ``generated_at`` and any
-extra ``sections`` (e.g. ``efficiency``).
+extra ``sections`` (e.g. ``efficiency``); ``identity`` (what must match for two runs to be
+compared: see the regression gate) and ``records`` (the append-only records file the run was
+built from: ``python -m pytest_dsocr report RUN_DIR`` rebuilds metrics.json from it).
+
+While a run goes on, metrics.json is an interim file (``complete`` false, ``reason`` "still
+running") rewritten at bounded cost: its aggregates carry exact count, mean, std, min and max
+but no percentiles or intervals, and its ``samples`` are empty once the run has more than
+:data:`INTERIM_SAMPLES` of them (the records file has every one). The session end writes the
+full file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pytest_dsocr.atomic import atomic_open, json_safe, to_json_text
+from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.records import ImageRun, SampleFailure
-from pytest_dsocr.atomic import atomic_write_json
-from pytest_dsocr.report.stats import Stats
-from pytest_dsocr.stages import STAGES
-
-SCHEMA_VERSION = 2
-METRICS_FILE = "metrics.json"
-PRIMARY_STAGE = "direct_inference"
-STAGE_ORDER = STAGES  # benchmark stages in the order the suite runs them
-# Timed stages every record carries, as ImageRun fields "<name>_ms". Sub-stages come from
-# ImageRun.substage_ms and nest inside vision, which nests inside prefill.
-PREFILL, VISION, DECODE = "prefill", "vision", "decode"
-# Per-sample quantities besides the stage times, in the order reports list them.
-LATENCY_METRICS = ("ttft", "tpot", "e2e")
-MS_PER_S = 1000.0
-
-CORE_KEYS = frozenset(
-    {
-        "schema_version", "generated_at", "complete", "reason", "aggregates_stage",
-        "aggregates", "stage_nesting", "counts", "error_rate", "memory", "env", "config",
-        "samples", "failures", "by_stage", "by_worker",
-    }
+from pytest_dsocr.report.model import (
+    Aggregates,
+    ByWorker,
+    Counts,
+    RunMetrics,
+    Throughput,
+    WorkerRow,
+    primary_stage,
 )
+from pytest_dsocr.report.stats import Stats
+from pytest_dsocr.stages import DECODE, PREFILL, VISION, StageTree, benchmark_stage_rank, vision_parts_in
+
+METRICS_FILE = "metrics.json"
+MS_PER_S = 1000.0
+INTERIM_SAMPLES = 50  # an interim metrics.json lists its samples up to this many
 
 
-def sample_metrics(sample: Mapping[str, Any]) -> dict[str, float]:
-    """The per-sample quantities (ms) of one record json, keyed by stage or metric name.
+def sample_metrics(run: ImageRun) -> dict[str, float]:
+    """The per-run quantities (ms) of one record, keyed by stage or metric name.
 
-    Keys: prefill, vision, each sub-stage, decode, ttft, e2e and tpot (absent for a single
-    generated token). The one mapping from records to named values: metrics.json
-    aggregates and the regression gate both read samples through it.
+    Keys: prefill, vision, each vision part, decode, ttft, e2e and tpot (absent for a single
+    generated token). The one mapping from records to named values: metrics.json aggregates
+    and the regression gate both read runs through it.
     """
-    values = {PREFILL: float(sample["prefill_ms"]), VISION: float(sample["vision_ms"])}
-    for name, ms in (sample.get("substage_ms") or {}).items():
+    values = {PREFILL: float(run.prefill_ms), VISION: float(run.vision_ms)}
+    for name, ms in run.substage_ms.items():
         values[name] = float(ms)
-    values[DECODE] = float(sample["decode_ms"])
-    values["ttft"] = float(sample["ttft_ms"])
-    tokens = int(sample["tokens"])
-    if tokens > 1:
-        values["tpot"] = float(sample["decode_ms"]) / (tokens - 1)
-    values["e2e"] = float(sample["preprocess_ms"]) + values[PREFILL] + values[DECODE]
+    values[DECODE] = float(run.decode_ms)
+    values["ttft"] = float(run.ttft_ms)
+    if run.tokens > 1:
+        values["tpot"] = float(run.decode_ms) / (run.tokens - 1)
+    values["e2e"] = float(run.preprocess_ms) + values[PREFILL] + values[DECODE]
     return values
 
 
-def lookup(mapping: Any, path: Sequence[str]) -> Any:
-    """``mapping[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
-    for key in path:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
-
-
-def primary_stage(stages: Iterable[str]) -> str | None:
-    """The benchmark stage whose records make the top-level aggregates (see module doc)."""
-    present = list(dict.fromkeys(stages))
-    for stage in STAGE_ORDER:
-        if stage in present:
-            return stage
-    return present[0] if present else None
-
-
-def primary_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-sample records of a metrics dict that its top-level aggregates are made of."""
-    samples = list(metrics.get("samples") or [])
-    stage = metrics.get("aggregates_stage") or primary_stage(s.get("stage", "") for s in samples)
-    return [s for s in samples if s.get("stage", stage) == stage]
-
-
 def build_metrics(
-    records: list[ImageRun],
-    failures: list[SampleFailure],
+    records: Sequence[ImageRun],
+    failures: Sequence[SampleFailure],
     *,
     env: dict,
     config: dict,
-    stage_names: dict[str, list[str]] | None = None,
-    sections: dict[str, dict] | None = None,
+    tree: StageTree | None = None,
+    sections: dict[str, Any] | None = None,
     complete: bool,
     reason: str | None = None,
     counts: dict | None = None,
     memory: dict | None = None,
-) -> dict:
-    """The metrics.json dict of a run (complete or not) from its records and failures.
+    identity: dict | None = None,
+    records_file: str | None = None,
+) -> RunMetrics:
+    """The full metrics of a run (complete or not) from its records and failures.
 
-    ``stage_names`` orders sub-stages: ``{"vision": ["sam", "clip", "projector"]}`` (a
-    family's declared names); names never measured are left out, measured names it does not
-    list follow in the order records first show them. ``counts`` overrides the counts
-    derived here (the plugin knows warmup rounds and rounds). ``sections`` adds top-level
-    sections (e.g. ``efficiency``); they may not replace a core key.
+    ``tree`` (the family's stage tree) orders the vision parts; parts it does not list follow
+    in the order records first show them. ``counts`` overrides the counts derived here (the
+    plugin knows warmup rounds and rounds). ``sections`` adds stages' own sections (e.g.
+    ``efficiency``); they may not replace a core key.
     """
-    samples = [record.to_json() for record in records]
-    stages = list(dict.fromkeys(s["stage"] for s in samples))
+    stages = list(dict.fromkeys(run.stage for run in records))
     main_stage = primary_stage(stages)
-    main_samples = [s for s in samples if s["stage"] == main_stage]
-    substages = _substage_order(samples, (stage_names or {}).get(VISION, []))
-
-    aggregates = aggregate(main_samples, substages)
-    metrics: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "complete": bool(complete),
-        "reason": reason,
-        "aggregates_stage": main_stage,
-        "aggregates": aggregates,
-        "stage_nesting": _nesting(aggregates["stage_ms"]),
-        "counts": _counts(samples, failures, config, counts),
-        "error_rate": _error_rate(samples, failures),
-        "memory": memory,
-        "env": env,
-        "config": config,
-        "samples": samples,
-        "failures": [failure.to_json() for failure in failures],
-    }
+    main_runs = [run for run in records if run.stage == main_stage]
+    parts = vision_parts_in(dict.fromkeys(n for run in records for n in run.substage_ms),
+                            tree.vision_parts if tree else ())
+    aggregates = aggregate(main_runs, parts)
+    by_stage = {}
     if len(stages) > 1:
-        metrics["by_stage"] = {
-            stage: aggregate([s for s in samples if s["stage"] == stage], substages)
-            for stage in sorted(stages, key=_stage_rank)
-        }
-    workers = list(dict.fromkeys(s["worker"] for s in main_samples))
-    if len(workers) > 1:
-        metrics["by_worker"] = _by_worker(main_samples, workers)
-    for key, section in (sections or {}).items():
-        if key in CORE_KEYS:
-            raise ValueError(f"metrics section {key!r} would replace a core metrics.json key")
-        metrics[key] = section
-    return metrics
+        by_stage = {stage: aggregate([run for run in records if run.stage == stage], parts)
+                    for stage in sorted(stages, key=benchmark_stage_rank)}
+    workers = list(dict.fromkeys(run.worker for run in main_runs))
+    return RunMetrics(
+        complete=bool(complete),
+        reason=reason,
+        aggregates_stage=main_stage,
+        aggregates=aggregates,
+        stage_nesting=_nesting(aggregates.stage_ms, tree),
+        counts=_counts(records, failures, config, counts),
+        error_rate=_error_rate(records, failures),
+        memory=memory,
+        env=env,
+        config=config,
+        samples=tuple(records),
+        failures=tuple(failures),
+        by_stage=by_stage,
+        by_worker=_by_worker(main_runs, workers) if len(workers) > 1 else None,
+        identity=identity,
+        records=records_file,
+        generated_at=now_utc(),
+        sections=dict(sections or {}),
+    )
 
 
-def write_metrics(run_dir: str | os.PathLike[str], metrics: dict) -> Path:
-    """Write ``<run_dir>/metrics.json`` atomically (temp file + os.replace); returns its path."""
-    return atomic_write_json(Path(run_dir) / METRICS_FILE, metrics)
+def now_utc() -> str:
+    """The time a file is generated, as metrics.json states it (UTC, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def aggregate(samples: Sequence[Mapping[str, Any]], substages: Sequence[str] = ()) -> dict[str, Any]:
-    """The aggregates of a list of record jsons (one benchmark stage; see module doc)."""
-    per_sample = [sample_metrics(s) for s in samples]
+def write_metrics(run_dir: str | os.PathLike[str], metrics: RunMetrics, durable: bool = True,
+                  hooks: Sequence[Callable[[dict], None]] = ()) -> Path:
+    """Write ``<run_dir>/metrics.json`` atomically; returns its path.
+
+    ``hooks`` may add or change fields of the json form just before it is written (the
+    ``pytest_dsocr_update_metrics`` hook). The samples are encoded one at a time into the
+    file, so a run of 100,000 records never holds its whole json text in memory.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    data = metrics.to_json()
+    for hook in hooks:
+        hook(data)
+    samples = data.pop("samples", [])
+    head = to_json_text(data)
+    cut = head.rindex("}")
+    with atomic_open(path, durable) as handle:
+        handle.write(head[:cut].rstrip().encode("utf-8"))
+        handle.write(b',\n  "samples": [')
+        for index, sample in enumerate(samples):
+            text = _sample_json(sample)
+            handle.write((("," if index else "") + "\n    " + text).encode("utf-8"))
+        handle.write(b"\n  ]\n}\n")
+    return path
+
+
+def _sample_json(sample: dict) -> str:
+    try:
+        return json.dumps(sample, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):  # a non-finite time: null, as everywhere in metrics.json
+        return json.dumps(json_safe(sample), allow_nan=False, ensure_ascii=False)
+
+
+def read_metrics(path: str | os.PathLike[str], option: str | None = None) -> RunMetrics:
+    """A metrics.json (or a run dir holding one) as :class:`RunMetrics`; DsocrError naming it."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / METRICS_FILE
+    name = f"{option}={path}" if option else str(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DsocrError(f"{name}: no metrics.json at {file}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DsocrError(f"{name}: cannot read {file} as JSON ({exc})") from None
+    return RunMetrics.from_json(data, source=name)
+
+
+def aggregate(runs: Sequence[ImageRun], parts: Sequence[str] = ()) -> Aggregates:
+    """The aggregates of the runs of one benchmark stage (see module doc)."""
+    per_run = [sample_metrics(run) for run in runs]
 
     def column(name: str) -> list[float | None]:
-        return [values.get(name) for values in per_sample]
+        return [values.get(name) for values in per_run]
 
-    def field(name: str) -> list[Any]:
-        return [s[name] for s in samples]
-
-    stage_ms: dict[str, Any] = {}
-    for name in (PREFILL, VISION, *substages, DECODE):
+    stage_ms: dict[str, Stats] = {}
+    for name in (PREFILL, VISION, *parts, DECODE):
         stats = Stats.from_values(column(name))
         if stats.count:
-            stage_ms[name] = stats.to_json()
-    tokens = Stats.from_values(field("tokens"), "tokens").to_json()
-    return {
-        "prefill_ms": Stats.from_values(column(PREFILL)).to_json(),
-        "decode_ms": Stats.from_values(column(DECODE)).to_json(),
-        "tokens": tokens,
-        "tokens_per_s": Stats.from_values(
-            [_decode_rate(s) for s in samples], "tokens/s"
-        ).to_json(),
-        "stage_ms": stage_ms,
-        "preprocess_ms": Stats.from_values(field("preprocess_ms")).to_json(),
-        "ttft_ms": Stats.from_values(column("ttft")).to_json(),
-        "tpot_ms": Stats.from_values(column("tpot")).to_json(),
-        "e2e_ms": Stats.from_values(column("e2e")).to_json(),
-        "sequence_lengths": {
-            "input": Stats.from_values(field("prefill_len"), "tokens").to_json(),
+            stage_ms[name] = stats
+    tokens = Stats.from_values((run.tokens for run in runs), "tokens")
+    return Aggregates(
+        prefill_ms=Stats.from_values(column(PREFILL)),
+        decode_ms=Stats.from_values(column(DECODE)),
+        tokens=tokens,
+        tokens_per_s=Stats.from_values((_decode_rate(run) for run in runs), "tokens/s"),
+        stage_ms=stage_ms,
+        preprocess_ms=Stats.from_values(run.preprocess_ms for run in runs),
+        ttft_ms=Stats.from_values(column("ttft")),
+        tpot_ms=Stats.from_values(column("tpot")),
+        e2e_ms=Stats.from_values(column("e2e")),
+        sequence_lengths={
+            "input": Stats.from_values((run.prefill_len for run in runs), "tokens"),
             "output": tokens,
-            "image": Stats.from_values(field("image_tokens"), "tokens").to_json(),
+            "image": Stats.from_values((run.image_tokens for run in runs), "tokens"),
         },
-        "throughput": _throughput(samples),
-    }
+        throughput=_throughput(runs),
+    )
 
 
-def _decode_rate(sample: Mapping[str, Any]) -> float | None:
-    tokens, decode_ms = int(sample["tokens"]), float(sample["decode_ms"])
-    if tokens < 2 or decode_ms <= 0:
+def _decode_rate(run: ImageRun) -> float | None:
+    if run.tokens < 2 or run.decode_ms <= 0:
         return None
-    return (tokens - 1) / (decode_ms / MS_PER_S)
+    return (run.tokens - 1) / (run.decode_ms / MS_PER_S)
 
 
-def _substage_order(samples: Sequence[Mapping[str, Any]], declared: Sequence[str]) -> list[str]:
-    seen = list(dict.fromkeys(name for s in samples for name in (s.get("substage_ms") or {})))
-    return [name for name in declared if name in seen] + [n for n in seen if n not in declared]
+def _nesting(stage_ms: dict[str, Stats], tree: StageTree | None) -> dict[str, list[str]]:
+    """Which measured stage contains which: prefill > vision > its parts."""
+    parts = [name for name in stage_ms if name not in (PREFILL, VISION, DECODE)]
+    return (tree or StageTree(tuple(parts))).nesting(stage_ms) if stage_ms else {}
 
 
-def _nesting(stage_ms: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Which measured stage contains which: prefill > vision > sub-stages."""
-    nesting: dict[str, list[str]] = {}
-    substages = [name for name in stage_ms if name not in (PREFILL, VISION, DECODE)]
-    if VISION in stage_ms:
-        nesting[PREFILL] = [VISION]
-        if substages:
-            nesting[VISION] = substages
-    elif substages:
-        nesting[PREFILL] = substages
-    return nesting
-
-
-def _throughput(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _throughput(runs: Sequence[ImageRun]) -> Throughput:
     totals = {"pages": 0, "output_tokens": 0, "image_tokens": 0, "prompt_tokens": 0}
     rates = dict.fromkeys(totals, 0.0)
     busy_s = 0.0
-    by_worker: dict[str, list[Mapping[str, Any]]] = {}
-    for sample in samples:
-        by_worker.setdefault(sample["worker"], []).append(sample)
-    for worker_samples in by_worker.values():
-        counted = _token_totals(worker_samples)
-        seconds = sum(sample_metrics(s)["e2e"] for s in worker_samples) / MS_PER_S
+    by_worker: dict[str, list[ImageRun]] = {}
+    for run in runs:
+        by_worker.setdefault(run.worker, []).append(run)
+    for worker_runs in by_worker.values():
+        counted = _token_totals(worker_runs)
+        seconds = sum(run.preprocess_ms + run.prefill_ms + run.decode_ms for run in worker_runs) / MS_PER_S
         busy_s += seconds
         for key, value in counted.items():
             totals[key] += value
             if seconds > 0:
                 rates[key] += value / seconds
     measured = busy_s > 0
-    result: dict[str, Any] = {
-        "unit": "per second of measured end-to-end time",
-        "pages_per_s": rates["pages"] if measured else None,
-        "output_tokens_per_s": rates["output_tokens"] if measured else None,
-        "image_tokens_per_s": rates["image_tokens"] if measured else None,
-        "prompt_tokens_per_s": rates["prompt_tokens"] if measured else None,
-        "input_tokens_per_s": rates["image_tokens"] + rates["prompt_tokens"] if measured else None,
-        "total_tokens_per_s": (
-            rates["image_tokens"] + rates["prompt_tokens"] + rates["output_tokens"] if measured else None
-        ),
-        "workers": len(by_worker),
-        "busy_s": busy_s,
-    }
-    result.update(totals)
-    result["input_tokens"] = totals["image_tokens"] + totals["prompt_tokens"]
-    return result
+
+    def rate(value: float) -> float | None:
+        return value if measured else None
+
+    return Throughput(
+        pages_per_s=rate(rates["pages"]),
+        output_tokens_per_s=rate(rates["output_tokens"]),
+        image_tokens_per_s=rate(rates["image_tokens"]),
+        prompt_tokens_per_s=rate(rates["prompt_tokens"]),
+        input_tokens_per_s=rate(rates["image_tokens"] + rates["prompt_tokens"]),
+        total_tokens_per_s=rate(rates["image_tokens"] + rates["prompt_tokens"] + rates["output_tokens"]),
+        workers=len(by_worker),
+        busy_s=busy_s,
+        input_tokens=totals["image_tokens"] + totals["prompt_tokens"],
+        **totals,
+    )
 
 
-def _token_totals(samples: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _token_totals(runs: Sequence[ImageRun]) -> dict[str, int]:
     return {
-        "pages": len(samples),
-        "output_tokens": sum(int(s["tokens"]) for s in samples),
-        "image_tokens": sum(int(s["image_tokens"]) for s in samples),
-        "prompt_tokens": sum(int(s["prefill_len"]) - int(s["image_tokens"]) for s in samples),
+        "pages": len(runs),
+        "output_tokens": sum(run.tokens for run in runs),
+        "image_tokens": sum(run.image_tokens for run in runs),
+        "prompt_tokens": sum(run.prefill_len - run.image_tokens for run in runs),
     }
 
 
-def _by_worker(samples: Sequence[Mapping[str, Any]], workers: Sequence[str]) -> dict[str, Any]:
+def _by_worker(runs: Sequence[ImageRun], workers: Sequence[str]) -> ByWorker:
     rows = []
     for worker in workers:
-        mine = [s for s in samples if s["worker"] == worker]
+        mine = [run for run in runs if run.worker == worker]
         throughput = _throughput(mine)
-        rows.append(
-            {
-                "worker": worker,
-                "device": mine[0]["device"],
-                "measured_runs": len(mine),
-                "pages_per_s": throughput["pages_per_s"],
-                "output_tokens_per_s": throughput["output_tokens_per_s"],
-                "e2e_ms": Stats.from_values(sample_metrics(s)["e2e"] for s in mine).to_json(),
-            }
-        )
-    total = _throughput(samples)
-    return {
-        "rows": rows,
-        "totals": {
-            "workers": len(rows),
-            "measured_runs": len(samples),
-            "pages_per_s": total["pages_per_s"],
-            "output_tokens_per_s": total["output_tokens_per_s"],
-        },
-    }
+        rows.append(WorkerRow(
+            worker=worker, device=mine[0].device, measured_runs=len(mine),
+            pages_per_s=throughput.pages_per_s, output_tokens_per_s=throughput.output_tokens_per_s,
+            e2e_ms=Stats.from_values(sample_metrics(run)["e2e"] for run in mine),
+        ))
+    total = _throughput(runs)
+    return ByWorker(tuple(rows), {
+        "workers": len(rows),
+        "measured_runs": len(runs),
+        "pages_per_s": total.pages_per_s,
+        "output_tokens_per_s": total.output_tokens_per_s,
+    })
 
 
-def _counts(
-    samples: Sequence[Mapping[str, Any]],
-    failures: Sequence[SampleFailure],
-    config: Mapping[str, Any],
-    given: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    infer = config.get("infer") if isinstance(config.get("infer"), Mapping) else {}
-    distinct = {(s["epoch"], s["sample_id"]) for s in samples}
-    distinct |= {(f.epoch, f.sample_id) for f in failures}
-    counts: dict[str, Any] = {
+def _counts(runs: Sequence[ImageRun], failures: Sequence[SampleFailure], config: dict,
+            given: dict | None) -> Counts:
+    infer = config.get("infer") if isinstance(config.get("infer"), dict) else {}
+    distinct = {(run.epoch, run.sample_id) for run in runs} | {(f.epoch, f.sample_id) for f in failures}
+    counts = {
         "warmup_rounds": infer.get("warmup_rounds"),
         "rounds": infer.get("rounds"),
         "samples": len(distinct),
-        "measured_runs": len(samples),
+        "measured_runs": len(runs),
         "failed": len(failures),
     }
     counts.update(given or {})
-    return counts
+    return Counts.from_json(counts)
 
 
-def _error_rate(samples: Sequence[Mapping[str, Any]], failures: Sequence[SampleFailure]) -> float | None:
+def _error_rate(runs: Iterable[ImageRun], failures: Sequence[SampleFailure]) -> float | None:
     failed = {(f.stage, f.epoch, f.sample_id) for f in failures}
-    attempts = failed | {(s["stage"], s["epoch"], s["sample_id"]) for s in samples}
+    attempts = failed | {(run.stage, run.epoch, run.sample_id) for run in runs}
     return len(failed) / len(attempts) if attempts else None
-
-
-def _stage_rank(stage: str) -> tuple[int, str]:
-    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_dsocr.atomic import atomic_write_bytes
-from pytest_dsocr.report.metrics import DECODE, PREFILL, primary_samples, sample_metrics
+from pytest_dsocr.records import ImageRun
+from pytest_dsocr.report.metrics import sample_metrics
+from pytest_dsocr.report.model import RunMetrics
+from pytest_dsocr.report.stats import Stats
+from pytest_dsocr.stages import DECODE, PREFILL
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +32,10 @@ FIGURE_WIDTH_IN = 8.0
 ROW_HEIGHT_IN = 0.45
 MIN_HEIGHT_IN = 2.5
 JITTER_WIDTH = 0.08  # horizontal spread of the per-sample dots around each box
+MAX_DOTS = 2000  # per box at most this many runs are drawn as dots (every n-th); the box uses all
 
 
-def write_plots(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def write_plots(metrics: RunMetrics, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Per-stage time bars (mean, std error bars) and the per-sample latency distribution, as
     PNGs under ``<run_dir>/plots/``.
 
@@ -44,11 +49,11 @@ def write_plots(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
         log.info(MATPLOTLIB_MISSING_NOTE)
         return {"files": {}, "note": MATPLOTLIB_MISSING_NOTE}
 
-    stage_ms = (metrics.get("aggregates") or {}).get("stage_ms") or {}
-    samples = primary_samples(metrics)
+    stage_ms = metrics.aggregates.stage_ms
+    samples = metrics.primary_samples()
     if not stage_ms or not samples:
         return {"files": {}, "note": "Plots skipped: no run was measured."}
-    order = _stage_levels(stage_ms, metrics.get("stage_nesting") or {})
+    order = _stage_levels(stage_ms, metrics.stage_nesting)
     files = {}
     for name, filename, draw in (
         ("stage_times", STAGE_TIMES_PNG, _draw_stage_times),
@@ -65,7 +70,7 @@ def write_plots(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
     return {"files": files, "note": None}
 
 
-def _stage_levels(stage_ms: Mapping[str, Any], nesting: Mapping[str, list[str]]) -> list[tuple[str, int, str]]:
+def _stage_levels(stage_ms: Mapping[str, Stats], nesting: Mapping[str, list[str]]) -> list[tuple[str, int, str]]:
     """(stage, nesting depth, label) in reading order: prefill, vision, its parts, decode.
 
     A nested stage is labelled "parent › stage" so the bars never read as parts to add up.
@@ -80,18 +85,19 @@ def _stage_levels(stage_ms: Mapping[str, Any], nesting: Mapping[str, list[str]])
     return [level for level in levels if level[0] in stage_ms]
 
 
-def _draw_stage_times(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapping[str, Any], samples: Any) -> None:
+def _draw_stage_times(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapping[str, Stats],
+                      samples: Sequence[ImageRun]) -> None:
     axes = figure.add_subplot(1, 1, 1)
     labels = [label for _, _, label in order]
-    means = [stage_ms[name]["mean"] for name, _, _ in order]
-    stds = [stage_ms[name]["std"] for name, _, _ in order]
+    means = [stage_ms[name].mean for name, _, _ in order]
+    stds = [stage_ms[name].std for name, _, _ in order]
     positions = list(range(len(order)))
     colors = [f"C{depth}" for _, depth, _ in order]
     axes.barh(positions, means, xerr=stds, color=colors, capsize=4)
     axes.set_yticks(positions, labels)
     axes.invert_yaxis()
     axes.set_xlabel("time per run (ms): mean, error bars = 1 std")
-    axes.set_title(f"Per-stage timings ({stage_ms[order[0][0]]['count']} runs; 'a › b': b is part of a)")
+    axes.set_title(f"Per-stage timings ({stage_ms[order[0][0]].count} runs; 'a › b': b is part of a)")
     for position, mean in zip(positions, means, strict=True):
         axes.annotate(f"{mean:.1f}", (mean, position), xytext=(4, 4), textcoords="offset points", fontsize=8)
 
@@ -105,7 +111,8 @@ def _horizontal() -> dict[str, Any]:
     return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
-def _draw_latency(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapping[str, Any], samples: Any) -> None:
+def _draw_latency(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapping[str, Stats],
+                  samples: Sequence[ImageRun]) -> None:
     axes = figure.add_subplot(1, 1, 1)
     names = [name for name, _, _ in order] + ["e2e"]
     per_sample = [sample_metrics(s) for s in samples]
@@ -113,6 +120,7 @@ def _draw_latency(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapp
     positions = list(range(1, len(names) + 1))
     axes.boxplot(columns, positions=positions, widths=0.5, showfliers=False, **_horizontal())
     for position, column in zip(positions, columns, strict=True):
+        column = column[::max(1, -(-len(column) // MAX_DOTS))]
         count = len(column)
         offsets = [JITTER_WIDTH * ((i / (count - 1)) * 2 - 1) if count > 1 else 0.0 for i in range(count)]
         axes.scatter(column, [position + o for o in offsets], s=10, alpha=0.6, color="C1")

@@ -1,7 +1,8 @@
-"""stakeholder_summary.md and report.md, rendered from a metrics.json dict alone.
+"""stakeholder_summary.md and report.md, rendered from a run's metrics alone.
 
-Both read only the metrics dict (never records), so a summary can be re-rendered from any
-saved metrics.json. Stage rows appear only for stages that were measured.
+Both read only :class:`~pytest_dsocr.report.model.RunMetrics` (never the session), so a
+summary can be re-rendered from any saved metrics.json. Stage rows appear only for stages
+that were measured.
 
 ``efficiency`` (MFU/MBU, written by the static_analysis stage) is rendered when present by
 ``pytest_dsocr.analytic.efficiency.efficiency_markdown``, the renderer of that section's schema.
@@ -22,7 +23,9 @@ from pytest_dsocr.report.markdown import (
     section,
     table,
 )
-from pytest_dsocr.report.metrics import DECODE, PREFILL, VISION, lookup, primary_samples
+from pytest_dsocr.report.model import Aggregates, ByWorker, RunMetrics
+from pytest_dsocr.report.stats import Stats
+from pytest_dsocr.stages import DECODE, PREFILL, VISION
 
 SUMMARY_TITLE = "DeepSeek-OCR profile: stakeholder summary"
 REPORT_TITLE = "DeepSeek-OCR profile: full report"
@@ -37,16 +40,16 @@ OUTSIDE_SUBSTAGES = "outside sub-stages (decoder prefill, embedding merge)"
 HIGH_SPREAD_CV = 0.25
 # Aggregates table: (label, path in aggregates). Rows with no measurement are left out.
 AGGREGATE_ROWS = (
-    ("Prefill", ("prefill_ms",)),
-    ("Decode", ("decode_ms",)),
-    ("Time to first token (TTFT)", ("ttft_ms",)),
-    ("Time per output token (TPOT)", ("tpot_ms",)),
-    ("End to end (preprocess + prefill + decode)", ("e2e_ms",)),
-    ("Preprocess", ("preprocess_ms",)),
-    ("Generated tokens", ("tokens",)),
-    ("Decode rate", ("tokens_per_s",)),
-    ("Input length (image + text tokens)", ("sequence_lengths", "input")),
-    ("Image tokens", ("sequence_lengths", "image")),
+    ("Prefill", lambda a: a.prefill_ms),
+    ("Decode", lambda a: a.decode_ms),
+    ("Time to first token (TTFT)", lambda a: a.ttft_ms),
+    ("Time per output token (TPOT)", lambda a: a.tpot_ms),
+    ("End to end (preprocess + prefill + decode)", lambda a: a.e2e_ms),
+    ("Preprocess", lambda a: a.preprocess_ms),
+    ("Generated tokens", lambda a: a.tokens),
+    ("Decode rate", lambda a: a.tokens_per_s),
+    ("Input length (image + text tokens)", lambda a: a.sequence_lengths.get("input")),
+    ("Image tokens", lambda a: a.sequence_lengths.get("image")),
 )
 THROUGHPUT_ROWS = (
     ("Pages/s", "pages_per_s"),
@@ -66,7 +69,7 @@ PLOT_TITLES = {
 }
 
 
-def render_stakeholder_summary(metrics: dict, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
+def render_stakeholder_summary(metrics: RunMetrics, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     """stakeholder_summary.md: what a reader needs to judge the run, no per-sample rows."""
     parts = [f"# {SUMMARY_TITLE}\n", _status(metrics)]
     parts += _core_sections(metrics)
@@ -74,74 +77,70 @@ def render_stakeholder_summary(metrics: dict, extra_sections: Sequence[tuple[str
     return "\n".join(parts)
 
 
-def render_report(metrics: dict, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
+def render_report(metrics: RunMetrics, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     """report.md: the summary's sections plus every statistic, per-sample rows and the config."""
     parts = [f"# {REPORT_TITLE}\n", _status(metrics)]
     parts += _core_sections(metrics)
-    parts.append(section("All Statistics", _all_stats(metrics.get("aggregates") or {})))
-    for stage, aggregates in (metrics.get("by_stage") or {}).items():
+    parts.append(section("All Statistics", _all_stats(metrics.aggregates)))
+    for stage, aggregates in metrics.by_stage.items():
         parts.append(section(f"All Statistics: {stage}", _all_stats(aggregates), level=3))
     parts.append(section("Per-Sample Rows", _sample_rows(metrics)))
-    parts.append(section("Counts", key_value_table(metrics.get("counts") or {})))
-    parts.append(section("Configuration", "```json\n" + json.dumps(metrics.get("config") or {}, indent=2, default=str) + "\n```"))
+    parts.append(section("Counts", key_value_table(metrics.counts.to_json())))
+    parts.append(section("Configuration", "```json\n" + json.dumps(metrics.config, indent=2, default=str) + "\n```"))
     parts += [section(title, body) for title, body in extra_sections]
     return "\n".join(parts)
 
 
-def render_terminal_summary(metrics: dict) -> str:
+def render_terminal_summary(metrics: RunMetrics) -> str:
     """A few lines for pytest's terminal summary: status, per-stage timings, takeaways."""
-    stage_ms = (metrics.get("aggregates") or {}).get("stage_ms") or {}
-    return "\n".join(
-        [_status(metrics), _stage_timings(stage_ms, metrics), "", _takeaways(metrics)]
-    )
+    return "\n".join([_status(metrics), _stage_timings(metrics), "", _takeaways(metrics)])
 
 
-def _core_sections(metrics: Mapping[str, Any]) -> list[str]:
-    aggregates = metrics.get("aggregates") or {}
-    stage_ms = aggregates.get("stage_ms") or {}
+def _core_sections(metrics: RunMetrics) -> list[str]:
     parts = [
         section("Environment", _environment(metrics)),
         section("Aggregates", _aggregates(metrics)),
-        section("Per-Stage Timings (ms)", _stage_timings(stage_ms, metrics)),
-        section("Stage Share (%)", _stage_shares(stage_ms, metrics)),
+        section("Per-Stage Timings (ms)", _stage_timings(metrics)),
+        section("Stage Share (%)", _stage_shares(metrics)),
         section("Stage Takeaways", _takeaways(metrics)),
     ]
-    if metrics.get("efficiency"):
-        parts.append(section("Efficiency (MFU/MBU)", _efficiency(metrics["efficiency"])))
-    if metrics.get("by_stage"):
-        parts.append(section("Benchmark Stages", _by_stage(metrics["by_stage"])))
-    if metrics.get("by_worker"):
-        parts.append(section("Workers", _by_worker(metrics["by_worker"])))
-    if metrics.get("failures"):
-        parts.append(section("Failures", _failures(metrics["failures"])))
-    plots = _plots(metrics.get("plots"))
+    efficiency = metrics.section("efficiency")
+    if efficiency:
+        parts.append(section("Efficiency (MFU/MBU)", _efficiency(efficiency)))
+    if metrics.by_stage:
+        parts.append(section("Benchmark Stages", _by_stage(metrics.by_stage)))
+    if metrics.by_worker is not None:
+        parts.append(section("Workers", _by_worker(metrics.by_worker)))
+    if metrics.failures:
+        parts.append(section("Failures", _failures(metrics)))
+    plots = _plots(metrics.section("plots"))
     if plots:
         parts.append(section("Plots", plots))
     return parts
 
 
-def _status(metrics: Mapping[str, Any]) -> str:
-    counts = metrics.get("counts") or {}
-    stage = metrics.get("aggregates_stage") or MISSING
+def _status(metrics: RunMetrics) -> str:
+    counts = metrics.counts
+    stage = metrics.aggregates_stage or MISSING
     lines = []
-    if metrics.get("complete"):
+    if metrics.complete:
         lines.append("Run complete.")
     else:
-        reason = metrics.get("reason") or "still running"
+        reason = metrics.reason or "still running"
         lines.append(f"**Run incomplete** ({reason}): the numbers cover the runs finished so far.")
-    runs = ((metrics.get("aggregates") or {}).get("prefill_ms") or {}).get("count", 0)
+    runs = metrics.aggregates.runs
     lines.append(
-        f"Aggregates from benchmark stage `{stage}` ({runs} runs); {fmt(counts.get('measured_runs'))} "
-        f"measured runs of {fmt(counts.get('samples'))} samples in all, {fmt(counts.get('failed', 0))} failed."
+        f"Aggregates from benchmark stage `{stage}` ({runs} runs); {fmt(counts.measured_runs)} "
+        f"measured runs of {fmt(counts.samples)} samples in all, {fmt(counts.failed)} failed."
     )
-    if metrics.get("generated_at"):
-        lines.append(f"Generated {metrics['generated_at']}.")
+    if metrics.generated_at:
+        lines.append(f"Generated {metrics.generated_at}.")
     return " ".join(lines) + "\n"
 
 
-def _environment(metrics: Mapping[str, Any]) -> str:
+def _environment(metrics: RunMetrics) -> str:
     rows: dict[str, Any] = {}
-    model = (metrics.get("config") or {}).get("model") or {}
+    model = metrics.model
     if model:
         rows["model"] = " ".join(
             str(model[key]) for key in ("family", "size") if model.get(key) is not None
@@ -149,58 +148,58 @@ def _environment(metrics: Mapping[str, Any]) -> str:
         for key in ("dtype", "device", "base_size", "image_size", "crop_mode"):
             if model.get(key) is not None:
                 rows[f"model.{key}"] = model[key]
-    max_new = ((metrics.get("config") or {}).get("infer") or {}).get("max_new_tokens")
+    max_new = (metrics.config.get("infer") or {}).get("max_new_tokens")
     if max_new is not None:
         rows["infer.max_new_tokens"] = max_new
-    rows.update(metrics.get("env") or {})
+    rows.update(metrics.env)
     return key_value_table(rows) if rows else "No environment recorded."
 
 
-def _aggregates(metrics: Mapping[str, Any]) -> str:
-    aggregates = metrics.get("aggregates") or {}
+def _aggregates(metrics: RunMetrics) -> str:
+    aggregates = metrics.aggregates
     rows = []
-    for label, path in AGGREGATE_ROWS:
-        stats = lookup(aggregates, path)
-        if stats and stats.get("count"):
-            rows.append((label, stats["mean"], stats["std"], stats["p50"], stats["p90"], stats["p99"], stats["unit"]))
+    for label, pick in AGGREGATE_ROWS:
+        stats = pick(aggregates)
+        if stats is not None and stats.count:
+            rows.append((label, stats.mean, stats.std, stats.p50, stats.p90, stats.p99, stats.unit))
     parts = [
         table(("Metric", "Mean", "Std", "p50", "p90", "p99", "Unit"), rows, align="lrrrrrl")
         if rows
         else "No run was measured."
     ]
-    throughput = aggregates.get("throughput") or {}
-    if throughput.get("pages_per_s") is not None:
+    throughput = aggregates.throughput
+    if throughput.pages_per_s is not None:
         parts.append(
             table(
                 ("Throughput", "Value"),
-                [(label, fmt(throughput.get(key), RATE_DIGITS)) for label, key in THROUGHPUT_ROWS],
+                [(label, fmt(getattr(throughput, key), RATE_DIGITS)) for label, key in THROUGHPUT_ROWS],
             )
         )
         parts.append(
             f"Throughput counts runs over their summed end-to-end time "
-            f"({fmt(throughput.get('busy_s'))} s over {throughput.get('workers')} worker(s); "
+            f"({fmt(throughput.busy_s)} s over {throughput.workers} worker(s); "
             "the rates of concurrent workers add up)."
         )
     parts.append(_counts_line(metrics))
-    memory = _memory_line(metrics.get("memory"))
+    memory = _memory_line(metrics.memory)
     if memory:
         parts.append(memory)
     return "\n\n".join(parts)
 
 
-def _counts_line(metrics: Mapping[str, Any]) -> str:
-    counts = metrics.get("counts") or {}
-    rate = metrics.get("error_rate")
+def _counts_line(metrics: RunMetrics) -> str:
+    counts = metrics.counts
+    rate = metrics.error_rate
     rounds = ""
-    if counts.get("rounds") is not None or counts.get("warmup_rounds") is not None:
+    if counts.rounds is not None or counts.warmup_rounds is not None:
         rounds = (
-            f" ({fmt(counts.get('warmup_rounds'))} warmup and {fmt(counts.get('rounds'))} measured "
+            f" ({fmt(counts.warmup_rounds)} warmup and {fmt(counts.rounds)} measured "
             "round(s) per sample)"
         )
     error_rate = "" if rate is None else f" (error rate {pct(rate)}%)"
     return (
-        f"Counts: {fmt(counts.get('samples'))} samples, {fmt(counts.get('measured_runs'))} measured runs"
-        f"{rounds}, {fmt(counts.get('failed', 0))} failed{error_rate}."
+        f"Counts: {fmt(counts.samples)} samples, {fmt(counts.measured_runs)} measured runs"
+        f"{rounds}, {fmt(counts.failed)} failed{error_rate}."
     )
 
 
@@ -215,40 +214,43 @@ def _memory_line(memory: Mapping[str, Any] | None) -> str:
     return ("Peak memory: " + ", ".join(items) + ".") if items else ""
 
 
-def _stage_order(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+def _stage_order(metrics: RunMetrics) -> list[str]:
     """Measured stages in reading order: prefill, vision, its sub-stages, decode."""
-    nesting = metrics.get("stage_nesting") or {}
+    stage_ms = metrics.aggregates.stage_ms
+    nesting = metrics.stage_nesting
     order = [PREFILL, *nesting.get(PREFILL, []), *nesting.get(VISION, []), DECODE]
     order += [name for name in stage_ms if name not in order]
     return [name for name in dict.fromkeys(order) if name in stage_ms]
 
 
-def _substages(metrics: Mapping[str, Any], stage_ms: Mapping[str, Any]) -> list[str]:
+def _substages(metrics: RunMetrics) -> list[str]:
     """The innermost measured parts of prefill (sam/clip/projector, or vision alone)."""
-    nesting = metrics.get("stage_nesting") or {}
+    nesting = metrics.stage_nesting
     names = nesting.get(VISION) or nesting.get(PREFILL) or []
-    return [name for name in names if name in stage_ms]
+    return [name for name in names if name in metrics.aggregates.stage_ms]
 
 
-def _stage_timings(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+def _stage_timings(metrics: RunMetrics) -> str:
+    stage_ms = metrics.aggregates.stage_ms
     rows = [
-        (name, s["mean"], s["std"], s["p50"], s["p90"])
-        for name in _stage_order(stage_ms, metrics)
+        (name, s.mean, s.std, s.p50, s.p90)
+        for name in _stage_order(metrics)
         for s in (stage_ms[name],)
     ]
     if not rows:
         return "No stage was measured."
-    subs = _substages(metrics, stage_ms)
+    subs = _substages(metrics)
     nested = f" and vision contains {', '.join(subs)}" if subs and VISION in stage_ms and subs != [VISION] else ""
     return table(("Stage", "Mean", "Std", "p50", "p90"), rows) + "\n\n> " + NESTING_NOTE.format(subs=nested)
 
 
-def _mean(stage_ms: Mapping[str, Any], name: str) -> float | None:
+def _mean(stage_ms: Mapping[str, Stats], name: str) -> float | None:
     stats = stage_ms.get(name)
-    return stats.get("mean") if stats else None
+    return stats.mean if stats else None
 
 
-def _stage_shares(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+def _stage_shares(metrics: RunMetrics) -> str:
+    stage_ms = metrics.aggregates.stage_ms
     prefill, decode = _mean(stage_ms, PREFILL), _mean(stage_ms, DECODE)
     if prefill is None or decode is None or prefill + decode <= 0:
         return "Not enough stages measured for shares."
@@ -260,7 +262,7 @@ def _stage_shares(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
             [(PREFILL, prefill, pct(prefill / total)), (DECODE, decode, pct(decode / total))],
         ),
     ]
-    subs = _substages(metrics, stage_ms)
+    subs = _substages(metrics)
     if subs and prefill > 0:
         means = [(name, _mean(stage_ms, name) or 0.0) for name in subs]
         covered = sum(ms for _, ms in means)
@@ -277,9 +279,9 @@ def _stage_shares(stage_ms: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
     return "\n\n".join(parts)
 
 
-def _takeaways(metrics: Mapping[str, Any]) -> str:
-    aggregates = metrics.get("aggregates") or {}
-    stage_ms = aggregates.get("stage_ms") or {}
+def _takeaways(metrics: RunMetrics) -> str:
+    aggregates = metrics.aggregates
+    stage_ms = aggregates.stage_ms
     prefill, decode = _mean(stage_ms, PREFILL), _mean(stage_ms, DECODE)
     lines = []
     if prefill is not None and decode is not None and prefill + decode > 0:
@@ -288,13 +290,14 @@ def _takeaways(metrics: Mapping[str, Any]) -> str:
             f"The largest stage is {largest}: {pct(ms / (prefill + decode))}% of prefill + decode "
             f"({fmt(ms)} of {fmt(prefill + decode)} ms per run on average)."
         )
-    rate, tpot, tokens = (aggregates.get(key) or {} for key in ("tokens_per_s", "tpot_ms", "tokens"))
-    if rate.get("count"):
+    rate, tpot, tokens = aggregates.tokens_per_s, aggregates.tpot_ms, aggregates.tokens
+    if rate.count:
+        median = rate.p50 if rate.p50 is not None else rate.mean
         lines.append(
-            f"Decode runs at {fmt(rate['p50'], RATE_DIGITS)} tokens/s on the median run "
-            f"(TPOT p50 {fmt(tpot.get('p50'))} ms) over {fmt(tokens.get('mean'), 1)} generated tokens per run."
+            f"Decode runs at {fmt(median, RATE_DIGITS)} tokens/s on the median run "
+            f"(TPOT p50 {fmt(tpot.p50)} ms) over {fmt(tokens.mean, 1)} generated tokens per run."
         )
-    subs = _substages(metrics, stage_ms)
+    subs = _substages(metrics)
     if subs and prefill:
         means = sorted(((_mean(stage_ms, name) or 0.0, name) for name in subs), reverse=True)
         outside = prefill - sum(ms for ms, _ in means)
@@ -308,27 +311,25 @@ def _takeaways(metrics: Mapping[str, Any]) -> str:
                 f"{pct(outside / prefill)}%"
             )
         lines.append(text + ".")
-    throughput = aggregates.get("throughput") or {}
-    ttft = aggregates.get("ttft_ms") or {}
-    if throughput.get("pages_per_s") is not None:
+    throughput = aggregates.throughput
+    if throughput.pages_per_s is not None:
         lines.append(
-            f"End to end: {fmt(throughput['pages_per_s'], RATE_DIGITS)} pages/s, "
-            f"TTFT p50 {fmt(ttft.get('p50'))} ms."
+            f"End to end: {fmt(throughput.pages_per_s, RATE_DIGITS)} pages/s, "
+            f"TTFT p50 {fmt(aggregates.ttft_ms.p50)} ms."
         )
     spread = [
-        f"{name} {pct(stats['std'] / stats['mean'], 0)}%"
-        for name in _stage_order(stage_ms, metrics)
+        f"{name} {pct(stats.std / stats.mean, 0)}%"
+        for name in _stage_order(metrics)
         for stats in (stage_ms[name],)
-        if stats.get("count", 0) > 1 and stats.get("mean") and stats["std"] / stats["mean"] > HIGH_SPREAD_CV
+        if stats.count > 1 and stats.mean and stats.std / stats.mean > HIGH_SPREAD_CV
     ]
     if spread:
         lines.append(
             f"Times vary widely between runs (std as % of the mean: {', '.join(spread)}): pages differ in "
             "crop grid and output length, so read the medians and the per-sample rows, not the means alone."
         )
-    failed = (metrics.get("counts") or {}).get("failed") or 0
-    if failed:
-        lines.append(f"{failed} sample run(s) failed (listed under Failures in the summary).")
+    if metrics.counts.failed:
+        lines.append(f"{metrics.counts.failed} sample run(s) failed (listed under Failures in the summary).")
     return "\n".join(f"- {line}" for line in lines) if lines else "No run was measured."
 
 
@@ -340,18 +341,17 @@ def _efficiency(efficiency: Mapping[str, Any]) -> str:
     return efficiency_markdown(efficiency)
 
 
-def _by_stage(by_stage: Mapping[str, Any]) -> str:
+def _by_stage(by_stage: Mapping[str, Aggregates]) -> str:
     rows = []
     for stage, aggregates in by_stage.items():
-        throughput = aggregates.get("throughput") or {}
         rows.append(
             (
                 stage,
-                aggregates["prefill_ms"]["count"],
-                aggregates["prefill_ms"]["p50"],
-                aggregates["decode_ms"]["p50"],
-                aggregates["e2e_ms"]["p50"],
-                fmt(throughput.get("pages_per_s"), RATE_DIGITS),
+                aggregates.prefill_ms.count,
+                aggregates.prefill_ms.p50,
+                aggregates.decode_ms.p50,
+                aggregates.e2e_ms.p50,
+                fmt(aggregates.throughput.pages_per_s, RATE_DIGITS),
             )
         )
     note = (
@@ -362,19 +362,19 @@ def _by_stage(by_stage: Mapping[str, Any]) -> str:
     return table(headers, rows) + "\n\n" + note
 
 
-def _by_worker(by_worker: Mapping[str, Any]) -> str:
+def _by_worker(by_worker: ByWorker) -> str:
     rows = [
         (
-            row["worker"],
-            row["device"],
-            row["measured_runs"],
-            fmt(row["pages_per_s"], RATE_DIGITS),
-            fmt(row["output_tokens_per_s"], RATE_DIGITS),
-            row["e2e_ms"]["p50"],
+            row.worker,
+            row.device,
+            row.measured_runs,
+            fmt(row.pages_per_s, RATE_DIGITS),
+            fmt(row.output_tokens_per_s, RATE_DIGITS),
+            row.e2e_ms.p50,
         )
-        for row in by_worker.get("rows", [])
+        for row in by_worker.rows
     ]
-    totals = by_worker.get("totals") or {}
+    totals = by_worker.totals
     rows.append(
         (
             f"total ({totals.get('workers')} workers)",
@@ -388,8 +388,8 @@ def _by_worker(by_worker: Mapping[str, Any]) -> str:
     return table(("Worker", "Device", "Runs", "Pages/s", "Output tokens/s", "E2E p50 (ms)"), rows, numeric_from=2)
 
 
-def _failures(failures: Sequence[Mapping[str, Any]]) -> str:
-    rows = [(f["sample_id"], f["epoch"], f["stage"], f.get("error_type", ""), f["error"]) for f in failures]
+def _failures(metrics: RunMetrics) -> str:
+    rows = [(f.sample_id, f.epoch, f.stage, f.error_type, f.error) for f in metrics.failures]
     return table(("Sample", "Epoch", "Stage", "Type", "Error"), rows, numeric_from=5)
 
 
@@ -405,53 +405,45 @@ def _plots(plots: Mapping[str, Any] | None) -> str:
 STAT_COLUMNS = ("count", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "ci_low", "ci_high", "unit")
 
 
-def _all_stats(aggregates: Mapping[str, Any]) -> str:
-    rows = []
-    for name, stats in _flatten_stats(aggregates):
-        rows.append((name, *(stats.get(col) for col in STAT_COLUMNS)))
+def _all_stats(aggregates: Aggregates) -> str:
+    rows = [(name, *(getattr(stats, col) for col in STAT_COLUMNS)) for name, stats in _named_stats(aggregates)]
     headers = ("Quantity", "n", "Mean", "Std", "Min", "p50", "p90", "p95", "p99", "Max", "CI low", "CI high", "Unit")
     if not rows:
         return "No run was measured."
     return table(headers, rows, align="l" + "r" * (len(headers) - 2) + "l") + "\n\nCI: bootstrap confidence interval of the mean."
 
 
-def _flatten_stats(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
-    found = []
-    for key, value in mapping.items():
-        if isinstance(value, Mapping) and "count" in value and "values" in value:
-            found.append((prefix + key, value))
-        elif isinstance(value, Mapping):
-            found += _flatten_stats(value, f"{prefix}{key}.")
-    return found
+def _named_stats(aggregates: Aggregates) -> list[tuple[str, Stats]]:
+    """Every statistic of the aggregates with its dotted name, in the json's order."""
+    named = [(name, getattr(aggregates, name)) for name in ("prefill_ms", "decode_ms", "tokens", "tokens_per_s")]
+    named += [(f"stage_ms.{name}", stats) for name, stats in aggregates.stage_ms.items()]
+    named += [(name, getattr(aggregates, name)) for name in ("preprocess_ms", "ttft_ms", "tpot_ms", "e2e_ms")]
+    named += [(f"sequence_lengths.{name}", stats) for name, stats in aggregates.sequence_lengths.items()]
+    return named
 
 
-def _sample_rows(metrics: Mapping[str, Any]) -> str:
-    samples = list(metrics.get("samples") or [])
+def _sample_rows(metrics: RunMetrics) -> str:
+    samples = metrics.samples
     if not samples:
         return "No run was measured."
-    subs = list(dict.fromkeys(name for s in samples for name in (s.get("substage_ms") or {})))
+    subs = list(dict.fromkeys(name for s in samples for name in s.substage_ms))
     headers = (
         "Stage", "Epoch", "Round", "Sample", "Worker", "Preprocess", "Prefill", "Vision", *subs,
         "Decode", "TTFT", "TPOT", "Tokens", "Prompt len", "Image tokens", "Grid", "Finish",
     )
     rows = []
     for s in samples:
-        grid = s.get("crop_grid") or []
         rows.append(
             (
-                s["stage"], s["epoch"], s["round"], s["sample_id"], s["worker"],
-                *(_ms(s.get(key)) for key in ("preprocess_ms", "prefill_ms", "vision_ms")),
-                *(_ms((s.get("substage_ms") or {}).get(name)) for name in subs),
-                *(_ms(s.get(key)) for key in ("decode_ms", "ttft_ms", "tpot_ms")),
-                s["tokens"], s["prefill_len"],
-                s["image_tokens"], "x".join(str(v) for v in grid), s.get("finish_reason", ""),
+                s.stage, s.epoch, s.round, s.sample_id, s.worker,
+                s.preprocess_ms, s.prefill_ms, s.vision_ms,
+                *(s.substage_ms.get(name) for name in subs),
+                s.decode_ms, s.ttft_ms, s.tpot_ms,
+                s.tokens, s.prefill_len,
+                s.image_tokens, "x".join(str(v) for v in s.crop_grid), s.finish_reason,
             )
         )
-    main = len(primary_samples(metrics))
+    main = len(metrics.primary_samples())
     note = f"Times in ms. {len(samples)} runs, {main} of them in the aggregated stage."
     align = "l" * 5 + "r" * (len(headers) - 7) + "ll"  # Grid and Finish are words
     return table(headers, rows, align=align) + "\n\n" + note
-
-
-def _ms(value: Any) -> float | None:
-    return None if value is None else float(value)

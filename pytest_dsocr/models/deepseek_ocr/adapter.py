@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from pytest_dsocr.decoding import DecodePolicy
+from pytest_dsocr.families import FAMILIES
 from pytest_dsocr.models import build_model
 from pytest_dsocr.models.decode_steps import DecodeSteps
 from pytest_dsocr.models.deepseek_ocr.processing import PreparedInputs, prepare_inputs
@@ -20,9 +21,12 @@ from pytest_dsocr.models.deepseek_ocr.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr.tokenizer import load_tokenizer
 
 
+FAMILY = "deepseek_ocr"
+
+
 class DeepseekOCRAdapter(DecodeSteps):
-    family = "deepseek_ocr"
-    substages = ("sam", "clip", "projector")
+    family = FAMILY
+    substages = FAMILIES[FAMILY].stages.vision_parts  # sam, clip, projector
 
     def __init__(self, model_cfg, device: torch.device, dtype: torch.dtype, prompt: str,
                  decode_backend: str = "eager") -> None:

@@ -49,8 +49,10 @@ except ImportError:  # pragma: no cover - older spelling
 
 from pytest_dsocr.compat import cache_kwargs, output_cache, take_cache
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.models.deepseek_ocr import checkpoint
 from pytest_dsocr.models.deepseek_ocr.spec import (
     FULL,
+    SPECS,
     ClipSpec,
     DeepseekOCRSpec,
     ProjectorSpec,
@@ -750,3 +752,15 @@ def build_deepseek_ocr(spec: DeepseekOCRSpec, device: torch.device, dtype: torch
     with torch.device(device), _default_dtype(dtype):
         model = DeepseekOCRForCausalLM(config)
     return model.eval()
+
+
+def build(size: str, device: torch.device, dtype: torch.dtype, *, path: str | None = None, seed: int = 0,
+          experts_implementation: str | None = None) -> DeepseekOCRForCausalLM:
+    """The family's builder (see :func:`pytest_dsocr.models.build_model`): ``size``'s spec, random
+    from ``seed`` or loaded from the local checkpoint folder ``path`` through the exact key map."""
+    if path is not None:
+        checkpoint.checkpoint_files(path)  # fail on a bad path before building anything
+    model = build_deepseek_ocr(SPECS[size], device, dtype, seed=seed, experts_implementation=experts_implementation)
+    if path is not None:
+        checkpoint.load_checkpoint(model, path)
+    return model

@@ -26,11 +26,12 @@ from pytest_dsocr.models.deepseek_ocr2.processing import (
     build_processor,
     prepare_inputs,
 )
+from pytest_dsocr.families import FAMILIES
 from pytest_dsocr.models.deepseek_ocr2.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr2.tokenizer import load_tokenizer
 
 FAMILY = "deepseek_ocr2"
-SUBSTAGES = ("sam", "encoder", "projector")
+SUBSTAGES = FAMILIES[FAMILY].stages.vision_parts  # sam, encoder, projector
 
 
 class DeepseekOCR2Adapter(DecodeSteps):

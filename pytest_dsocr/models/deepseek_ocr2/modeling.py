@@ -24,7 +24,7 @@ from pytest_dsocr.models.deepseek_ocr.modeling import (
     _sam_config,
     _text_config,
 )
-from pytest_dsocr.models.deepseek_ocr2.spec import DeepseekOCR2Spec
+from pytest_dsocr.models.deepseek_ocr2.spec import SPECS, DeepseekOCR2Spec
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +159,12 @@ def load_deepseek_ocr2(path: str | Path, spec: DeepseekOCR2Spec, device: torch.d
         raise DsocrError(f"model.path={str(path)!r}: the checkpoint does not match the model ({detail})")
     log.info("loaded DeepSeek-OCR-2 weights from %s", folder)
     return model.to(device).eval()
+
+
+def build(size: str, device: torch.device, dtype: torch.dtype, *, path: str | None = None, seed: int = 0,
+          experts_implementation: str | None = None) -> DeepseekOcr2ForConditionalGeneration:
+    """The family's builder (see :func:`pytest_dsocr.models.build_model`): seeded random init of
+    ``size``, or a local checkpoint in transformers' format through transformers' loader."""
+    if path is not None:
+        return load_deepseek_ocr2(path, SPECS[size], device, dtype, experts_implementation)
+    return build_deepseek_ocr2(SPECS[size], device, dtype, seed=seed, experts_implementation=experts_implementation)
