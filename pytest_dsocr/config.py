@@ -29,6 +29,7 @@ from pytest_dsocr.hardware import hardware_names
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
+from pytest_dsocr.report.gate import parse_inconclusive, parse_min_pages, parse_stage_thresholds, parse_threshold
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ class HardwareConfig:
 
 @dataclass
 class GateConfig:
-    max_regression: str = "10%"  # a stage regresses when its median slows down by more than this
+    max_regression: str = "10%"  # largest tolerated slowdown of a stage (geometric mean over pages)
     per_stage: Dict[str, str] = field(default_factory=dict)  # per-stage thresholds, e.g. {decode: "5%"}
+    inconclusive: str = "fail"  # fail | warn: what a stage without a confident verdict does to the exit status
+    min_pages: int = 6  # fewest pages (paired, or in each run) for a verdict on a stage
 
 
 @dataclass
@@ -313,6 +316,7 @@ def validate(cfg: DictConfig) -> None:
     for stage in (f.name for f in fields(PipelineConfig)):  # the stages that write outputs
         validate_stage_output_config(cfg.pipeline[stage].output, prefix=f"pipeline.{stage}.output")
     validate_profiling_config(cfg.profiling)
+    validate_gate_config(cfg.gate)
     for key in ("static_analysis", "sweep"):
         _check_choice(f"{key}.attention", cfg[key].attention, ATTENTION_MODES)
     if cfg.hardware.name:
@@ -344,6 +348,14 @@ def validate_sampling_values(infer: InferConfig) -> None:
             if value is not None:
                 raise DsocrError(f"infer.{key}={value}: has no effect with greedy decoding "
                                  f"(infer.temperature=0); set infer.temperature > 0 to sample, or drop infer.{key}")
+
+
+def validate_gate_config(gate: DictConfig) -> None:
+    """The gate's options parse as the gate will parse them (errors name the key)."""
+    parse_threshold(gate.max_regression, "gate.max_regression")
+    parse_stage_thresholds(gate.per_stage)
+    parse_inconclusive(gate.inconclusive, "gate.inconclusive")
+    parse_min_pages(gate.min_pages, "gate.min_pages")
 
 
 def check_model_path(path: str) -> Path:

@@ -61,11 +61,13 @@ def noisy_runs(
     seed: int = 0,
     pages: bool = True,
     stage: str = "direct_inference",
+    first_page: int = 0,
 ) -> list[ImageRun]:
     """``count`` runs whose every time is base x factor x (1 + noise * N(0, 1)).
 
-    With ``pages`` the runs are distinct pages of different sizes (paired comparisons);
-    without, all runs share one size and one id per run index is still used.
+    With ``pages`` the runs are pages of different sizes (1 to 4 x the base); without, all
+    runs share one size. Run ``i`` is page ``first_page + i``: two runs with the same
+    ``first_page`` measured the same pages (paired), with far-apart ones different pages.
     """
     rng = np.random.default_rng(seed)
     runs = []
@@ -77,7 +79,7 @@ def noisy_runs(
 
         runs.append(
             image_run(
-                index,
+                first_page + index,
                 stage=stage,
                 preprocess_ms=ms(5.0),
                 prefill_ms=ms(100.0),
@@ -105,6 +107,7 @@ def make_metrics(
         "model": {"family": family, "size": size, "base_size": 1024, "image_size": 640, "crop_mode": True,
                   "dtype": "float32", "device": device},
         "infer": {"max_new_tokens": 32, "warmup_rounds": 1, "rounds": 1},
+        "dataset": {"sampling": {"num_epochs": 1}},
     }
     env = {"python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0", "device": device,
            "device_name": "x86_64" if device == "cpu" else "NVIDIA H100 80GB HBM3"}
@@ -114,3 +117,19 @@ def make_metrics(
 def typed(metrics: dict | RunMetrics) -> RunMetrics:
     """The typed model of a metrics.json dict (what every reader of a run takes)."""
     return metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_json(metrics)
+
+
+def page_rounds(
+    prefill_ms: Sequence[Sequence[float]],
+    *,
+    first_page: int = 0,
+    **fixed,
+) -> list[ImageRun]:
+    """Runs of pages given by their prefill times: ``prefill_ms[i]`` are page ``first_page + i``'s
+    rounds. Every other time keeps :func:`image_run`'s constant default (or ``fixed``), so only
+    prefill and the quantities made of it (ttft, e2e) differ between runs."""
+    return [
+        image_run(first_page + page, round=round_index, prefill_ms=float(ms), **fixed)
+        for page, rounds in enumerate(prefill_ms)
+        for round_index, ms in enumerate(rounds)
+    ]

@@ -14,7 +14,7 @@ import pytest_dsocr.__main__ as cli
 from pytest_dsocr.report.metrics import write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-TABLE_HEADER = "| Stage | Baseline (ms) | Current (ms) | Ratio [CI] | Verdict |"
+TABLE_HEADER = "| Stage | Pages | Baseline (ms) | Current (ms) | Ratio [95% CI] | Verdict |"
 
 
 def save(path: Path, factor: float = 1.0, seed: int = 0, **kwargs) -> Path:
@@ -52,6 +52,21 @@ def test_threshold_options(runs, capsys):
     assert "decode" in capsys.readouterr().out
 
 
+def test_too_few_pages_fail_unless_inconclusive_warns(tmp_path, capsys):
+    base = tmp_path / "base3"
+    write_metrics(base, typed(make_metrics(noisy_runs(3, seed=1))))
+    current = tmp_path / "cur3"
+    write_metrics(current, typed(make_metrics(noisy_runs(3, seed=2))))
+    assert cli.main(["compare", str(base), str(current)]) == 1
+    assert "FAILED (inconclusive)" in capsys.readouterr().out
+    assert cli.main(["compare", str(base), str(current), "--inconclusive", "warn"]) == 0
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE (warn)" in out and "insufficient samples" in out
+    cli.main(["compare", str(base), str(current), "--min-pages", "3", "--inconclusive", "warn"])
+    out = capsys.readouterr().out
+    assert "3 paired" in out and "| insufficient samples (" not in out
+
+
 def test_other_model_size_is_refused_unless_forced(runs, capsys):
     assert cli.main(["compare", str(runs["base"]), str(runs["full"])]) == 2
     err = capsys.readouterr().err
@@ -72,6 +87,8 @@ def test_other_family_gives_a_side_by_side_table(runs, capsys):
         (["missing-run"], "RUN_B=missing-run"),
         (["SAME", "--threshold", "ten"], "--threshold='ten'"),
         (["SAME", "--stage-threshold", "decode"], "--stage-threshold='decode'"),
+        (["SAME", "--inconclusive", "maybe"], "--inconclusive='maybe': expected one of fail, warn"),
+        (["SAME", "--min-pages", "1"], "--min-pages='1'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(runs, capsys, args, message):

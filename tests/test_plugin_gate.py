@@ -54,9 +54,9 @@ def test_a_large_slowdown_fails_the_session(stage_dir, baseline_run, tmp_path):
                                  "--dsocr-max-regression", "10%")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=6)  # every test passed: only the gate failed the session
-    result.stdout.fnmatch_lines(["*Regression gate: FAILED*", "*| Stage | Baseline (ms) | Current (ms) | Ratio*"])
-    assert "| regression |" in result.stdout.str()
-    assert "regression" in (run_dir / "regression.md").read_text()
+    result.stdout.fnmatch_lines(["*Regression gate: FAILED*", "*| Stage | Pages | Baseline (ms) | Current (ms) | Ratio*"])
+    assert "| regressed |" in result.stdout.str()
+    assert "regressed" in (run_dir / "regression.md").read_text()
     assert "Regression gate" in (run_dir / "stakeholder_summary.md").read_text()
 
 
@@ -64,9 +64,9 @@ def test_a_faster_run_passes_the_gate(stage_dir, baseline_run, tmp_path):
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(scaled(baseline_run, 20.0)))  # far beyond any machine noise
     result = stage_dir.runpytest(*QUICK, "--dsocr-run-dir", str(tmp_path / "run"), "--dsocr-baseline", str(baseline))
-    assert result.ret == pytest.ExitCode.OK
-    assert "| improvement |" in result.stdout.str()
-    assert "| regression |" not in result.stdout.str()
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-4000:]
+    assert "| improved |" in result.stdout.str()
+    assert "| regressed |" not in result.stdout.str()
 
 
 def test_a_baseline_of_another_model_is_refused(stage_dir, baseline_run, tmp_path):

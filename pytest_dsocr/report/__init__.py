@@ -4,7 +4,8 @@
 - ``metrics``: metrics.json (``build_metrics``, ``write_metrics``).
 - ``summary``: stakeholder_summary.md, report.md and the terminal summary.
 - ``plots``: optional PNGs (matplotlib).
-- ``gate``: the noise-aware regression gate against a baseline run; ``ranktests`` its tests.
+- ``gate``: the regression gate against a baseline run (per-page values, t intervals from
+  ``ttest``); ``compatibility``: run identities and what makes a baseline comparable.
 - ``compare``: ``python -m pytest_dsocr compare RUN_A RUN_B``.
 - ``io``: atomic writes; ``markdown``: table helpers.
 """

@@ -1,8 +1,9 @@
 """``python -m pytest_dsocr compare RUN_A RUN_B``: the regression table of two saved runs, no inference.
 
 RUN_A is the baseline, RUN_B the run judged against it (a metrics.json or a run dir
-holding one). Exit status: 0 no regression, 1 a stage regressed, 2 bad input or runs that
-are not comparable (another model size, config or device) without ``--force``. Runs of
+holding one). Exit status: 0 every stage within threshold or improved (or inconclusive with
+``--inconclusive warn``), 1 a stage regressed or (by default) has no verdict, 2 bad input or
+runs that are not comparable (another config, software, device or weights) without ``--force``. Runs of
 different model families get a plain side-by-side table instead: there is no verdict to
 give between two different models.
 """
@@ -10,12 +11,17 @@ give between two different models.
 from __future__ import annotations
 
 import argparse
+
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import stage_tree
 from pytest_dsocr.report.gate import (
-    DEFAULT_MIN_SAMPLES,
+    DEFAULT_INCONCLUSIVE,
+    DEFAULT_MIN_PAGES,
     DEFAULT_THRESHOLD,
+    INCONCLUSIVE_CHOICES,
     compare_runs,
+    parse_inconclusive,
+    parse_min_pages,
     parse_stage_thresholds,
     parse_threshold,
 )
@@ -33,13 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", metavar="RUN_A", help="baseline: metrics.json or the run dir holding it")
     parser.add_argument("run_b", metavar="RUN_B", help="run to judge: metrics.json or the run dir holding it")
     parser.add_argument("--threshold", default=f"{DEFAULT_THRESHOLD:.0%}", metavar="PCT",
-                        help="largest tolerated slowdown of a stage median (default %(default)s)")
+                        help="largest tolerated slowdown of a stage (default %(default)s)")
     parser.add_argument("--stage-threshold", action="append", default=[], metavar="STAGE=PCT",
                         help="threshold for one stage, e.g. decode=5%% (repeatable)")
-    parser.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES, metavar="N",
-                        help="fewest samples per stage for a verdict (default %(default)s)")
+    parser.add_argument("--min-pages", default=DEFAULT_MIN_PAGES, metavar="N",
+                        help="fewest pages (paired, or in each run) for a verdict (default %(default)s)")
+    parser.add_argument("--inconclusive", default=DEFAULT_INCONCLUSIVE, metavar="|".join(INCONCLUSIVE_CHOICES),
+                        help="what a stage without a confident verdict does to the exit status (default %(default)s)")
     parser.add_argument("--force", action="store_true",
-                        help="compare runs of another model size, config or device anyway")
+                        help="compare runs of another config, software, device or weights anyway")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         threshold=parse_threshold(args.threshold, "--threshold"),
         per_stage=parse_stage_thresholds(_stage_pairs(args.stage_threshold), "--stage-threshold"),
         force=args.force,
-        min_samples=args.min_samples,
+        min_pages=parse_min_pages(args.min_pages, "--min-pages"),
+        inconclusive=parse_inconclusive(args.inconclusive, "--inconclusive"),
         force_hint="--force",
     )
     print(result.markdown())

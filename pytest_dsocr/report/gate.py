@@ -1,21 +1,42 @@
-"""The noise-aware regression gate: is this run slower than a baseline, beyond noise and beyond a threshold?
+"""The regression gate: is this run slower than a baseline, beyond noise and beyond a threshold?
 
-For each stage measured in both runs (prefill, vision, its sub-stages, decode, plus ttft,
-tpot and e2e) the gate compares medians of the per-sample values, never means:
+**The page is the unit.** Every stage's values are grouped by page (sample id and prompt
+length), and each page is reduced to one value per run, the median of its rounds and epochs,
+before any statistics: repeated rounds of one page are not independent samples of the pages
+a change affects.
 
-- **paired** when both runs measured at least ``min_samples`` of the same pages (same
-  sample id and prompt length): the ratio is the median over pages of current / baseline
-  (each page's rounds and epochs reduced to their median first), its interval a bootstrap
-  over pages, and the rank test Wilcoxon signed-rank on the log ratios. Pages differ a lot
-  (crop grids, output lengths); pairing removes that spread, so real changes show through.
-- **unpaired** otherwise: ratio of medians, bootstrap of both samples, Mann–Whitney U.
+**The test.** Per stage, on the log of the per-page values (a slowdown multiplies a page's
+time, so it shifts the log):
 
-A stage **regresses** only when both hold: the rank test finds a difference (p < alpha)
-and the whole confidence interval of the ratio lies above 1 + threshold. Improvements are
-judged the same way below 1 - threshold. A ratio beyond the threshold that the statistics
-do not confirm is "inconclusive"; a confirmed change within the threshold is "within
-threshold"; anything else "likely noise". Fewer than ``min_samples`` values is
-"insufficient samples": no verdict, never a pass.
+- **paired** when both runs measured at least ``min_pages`` of the same pages: one log ratio
+  per page, ``log(current / baseline)``, and the Student-t interval of their mean;
+- **unpaired** otherwise, when each run measured at least ``min_pages`` pages: Welch's t
+  interval of the difference of the mean log times;
+- fewer pages than that: **insufficient samples**, whichever path. One rule for both.
+
+``exp`` of the mean and its interval gives the ratio current / baseline, a geometric mean
+(of the per-page ratios when paired), and its two-sided ``1 - alpha`` interval. The threshold
+is built into the verdict:
+
+- **regressed**: the whole interval lies above ``1 + threshold`` (confidently slower than allowed);
+- **improved**: the whole interval lies below ``1 / (1 + threshold)`` (the mirror image in log space);
+- **within threshold**: the interval's upper end lies below ``1 + threshold``;
+- **inconclusive**: otherwise (the interval straddles ``1 + threshold``).
+
+Only "within threshold" and "improved" pass. An inconclusive stage (or one with
+insufficient samples) fails the gate by default and only warns with ``inconclusive=warn``
+(:func:`parse_inconclusive`). Each one-sided claim holds at ``1 - alpha / 2`` confidence, so a
+change exactly at the threshold passes at most 2.5% of the time, and an unchanged run fails
+only when its interval is too wide to exclude the threshold: enough pages and rounds (the
+``infer=gate`` preset, calibrated by benchmarks/perf/gate_calibration.py) keep that rare.
+
+Why t and not ranks: with 6 pages the signed-rank test reaches p < 0.05 only when all 6 move
+the same way; the t interval uses the sizes of the changes, and the per-page medians keep
+single slow rounds from dominating it. The calibration compares it with a sign-flip
+permutation test on the same pages (BENCHMARKS.md).
+
+The statistics take per-page values only (:func:`values_by_page`, :func:`judge`); reading
+metrics dicts is confined to :func:`compare_runs`.
 """
 
 from __future__ import annotations
@@ -23,77 +44,87 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.atomic import atomic_write_text
-from pytest_dsocr.report.markdown import RATIO_DIGITS, fmt, table
+from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.report.compatibility import (
+    ABSENT,
+    FORCE_OPTION,
+    Difference,
+    compatibility_differences,
+    identity_from_metrics,
+    incompatible_error,
+)
 from pytest_dsocr.records import ImageRun
+from pytest_dsocr.report.markdown import RATIO_DIGITS, fmt, table
 from pytest_dsocr.report.metrics import METRICS_FILE, sample_metrics
 from pytest_dsocr.report.model import RunMetrics
+from pytest_dsocr.report.ttest import PAIRED, UNPAIRED, RatioInterval, paired_ratio_interval, unpaired_ratio_interval
 from pytest_dsocr.stages import DECODE, LATENCY_METRICS, PREFILL, VISION
-from pytest_dsocr.report.ranktests import mann_whitney_u, wilcoxon_signed_rank
-from pytest_dsocr.report.stats import percentile_interval, resample_statistic
 
 DEFAULT_THRESHOLD = 0.10
-DEFAULT_ALPHA = 0.05
-DEFAULT_N_BOOT = 2000
-DEFAULT_SEED = 0
-DEFAULT_MIN_SAMPLES = 3
+DEFAULT_ALPHA = 0.05  # the interval is two-sided at 1 - alpha; each verdict's claim holds at 1 - alpha / 2
+DEFAULT_MIN_PAGES = 6
+MIN_PAGES_FLOOR = 2  # a t interval needs a spread, so two pages at the very least
 THRESHOLD_OPTION = "--dsocr-max-regression"
 BASELINE_OPTION = "--dsocr-baseline"
-FORCE_OPTION = "--dsocr-baseline-force"
+INCONCLUSIVE_OPTION = "--dsocr-gate-inconclusive"
+MIN_PAGES_OPTION = "gate.min_pages"
 PER_STAGE_KEY = "gate.per_stage"
 REGRESSION_FILE = "regression.md"
 TITLE = "Regression gate"
 
-REGRESSION = "regression"
-IMPROVEMENT = "improvement"
-INCONCLUSIVE = "inconclusive"
+REGRESSED = "regressed"
+IMPROVED = "improved"
 WITHIN_THRESHOLD = "within threshold"
-LIKELY_NOISE = "likely noise"
+INCONCLUSIVE = "inconclusive"
 INSUFFICIENT = "insufficient samples"
-PAIRED, UNPAIRED = "paired", "unpaired"
+VERDICTS = (REGRESSED, IMPROVED, WITHIN_THRESHOLD, INCONCLUSIVE, INSUFFICIENT)
+PASSING = frozenset({WITHIN_THRESHOLD, IMPROVED})
+NO_VERDICT = frozenset({INCONCLUSIVE, INSUFFICIENT})
 
-# What must match between a baseline and this run for timings to be comparable: (where in
-# metrics.json, what to call it). Only keys present in both runs are compared.
-COMPATIBILITY_KEYS = (
-    (("config", "model", "family"), "model.family"),
-    (("config", "model", "size"), "model.size"),
-    (("config", "model", "base_size"), "model.base_size"),
-    (("config", "model", "image_size"), "model.image_size"),
-    (("config", "model", "crop_mode"), "model.crop_mode"),
-    (("config", "model", "dtype"), "model.dtype"),
-    (("config", "infer", "max_new_tokens"), "infer.max_new_tokens"),
-    (("env", "device"), "device"),
-    (("env", "device_name"), "device name"),
-    (("aggregates_stage",), "aggregated benchmark stage"),  # profiler overhead is not a regression
-)
-FAMILY_KEY = "model.family"
+# What an inconclusive stage (or one with too few pages) does to the exit status.
+FAIL, WARN = "fail", "warn"
+INCONCLUSIVE_CHOICES = (FAIL, WARN)
+DEFAULT_INCONCLUSIVE = FAIL
+# Status of a whole comparison.
+STATUS_FAILED, STATUS_INCONCLUSIVE, STATUS_PASSED = "failed", "inconclusive", "passed"
+
+AGGREGATES_STAGE = "aggregates_stage"  # profiled runs are never compared with plain ones
 
 
 @dataclass(frozen=True)
 class GateRow:
-    """The verdict on one stage. Times in ms; ratio = current / baseline (>1 is slower)."""
+    """The verdict on one stage. Times in ms; ratio = current / baseline (> 1 is slower).
+
+    ``baseline`` and ``current`` are geometric means over pages of each page's median (over the
+    pages both runs measured when paired), so ``ratio == current / baseline``.
+    """
 
     stage: str
-    baseline: float | None  # median of the baseline's per-sample values
-    current: float | None  # median of this run's per-sample values
+    baseline: float | None
+    current: float | None
     ratio: float | None
     ci_low: float | None
     ci_high: float | None
-    p_value: float | None  # rank test, two-sided
     threshold: float
     verdict: str
     method: str | None  # "paired" | "unpaired" | None (no verdict)
-    n_baseline: int
-    n_current: int
+    pages: int  # pages in the interval: paired pages, or the smaller run's page count
+    n_baseline: int  # pages with a value in the baseline
+    n_current: int  # pages with a value in this run
     detail: str | None = None  # why there is no verdict
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict in PASSING
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,75 +132,99 @@ class GateRow:
 
 @dataclass(frozen=True)
 class GateResult:
-    """All rows of one comparison; ``failed`` when any stage regressed."""
+    """All rows of one comparison, and what they mean for the exit status.
 
-    rows: list[GateRow]
+    ``failed`` when a stage regressed, or when a stage has no verdict (inconclusive, or
+    insufficient samples) or no stage was compared at all, under ``inconclusive="fail"``.
+    """
+
+    rows: tuple[GateRow, ...]
     threshold: float
-    alpha: float
-    n_boot: int
-    min_samples: int
-    mismatches: list[str] = field(default_factory=list)  # compared anyway (force)
-    notes: list[str] = field(default_factory=list)
+    alpha: float = DEFAULT_ALPHA
+    min_pages: int = DEFAULT_MIN_PAGES
+    inconclusive: str = DEFAULT_INCONCLUSIVE
+    differences: tuple[Difference, ...] = ()  # compared anyway (forced)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "differences", tuple(self.differences))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "inconclusive", parse_inconclusive(self.inconclusive))
 
     @property
     def regressions(self) -> list[GateRow]:
-        return [row for row in self.rows if row.verdict == REGRESSION]
+        return [row for row in self.rows if row.verdict == REGRESSED]
+
+    @property
+    def without_verdict(self) -> list[GateRow]:
+        """Stages the gate could not judge: inconclusive or insufficient samples."""
+        return [row for row in self.rows if row.verdict in NO_VERDICT]
+
+    @property
+    def undecided(self) -> bool:
+        """Whether some stage, or the comparison as a whole, has no verdict."""
+        return not self.rows or bool(self.without_verdict)
 
     @property
     def failed(self) -> bool:
-        return bool(self.regressions)
+        return bool(self.regressions) or (self.undecided and self.inconclusive == FAIL)
 
     @property
     def status(self) -> str:
-        """"failed", "passed" (every stage got a verdict, none a regression) or "no verdict"
-        (some stage had too few samples: not a pass)."""
+        """"failed" (the exit status is non-zero), "inconclusive" (no verdict for some stage, and
+        ``inconclusive="warn"``) or "passed" (every stage within threshold or improved)."""
         if self.failed:
-            return "failed"
-        if not self.rows or any(row.verdict == INSUFFICIENT for row in self.rows):
-            return "no verdict"
-        return "passed"
+            return STATUS_FAILED
+        return STATUS_INCONCLUSIVE if self.undecided else STATUS_PASSED
 
     def headline(self) -> str:
-        if self.failed:
+        """One line: FAILED / INCONCLUSIVE (warn) / passed, and which stages. Never "passed"
+        while a stage has no verdict."""
+        missing = self._missing_text()
+        if self.regressions:
             names = ", ".join(row.stage for row in self.regressions)
-            return f"**{TITLE}: FAILED**: {len(self.regressions)} stage(s) regressed ({names})."
-        if not self.rows:
-            return f"**{TITLE}: no verdict**: no stage was measured in both runs."
-        missing = [row.stage for row in self.rows if row.verdict == INSUFFICIENT]
-        if len(missing) == len(self.rows):
-            return f"**{TITLE}: no verdict**: too few samples for any stage (see the Verdict column)."
-        if missing:
-            return (
-                f"**{TITLE}: no verdict** for {', '.join(missing)} (too few samples); no regression "
-                f"among the other {len(self.rows) - len(missing)} stage(s)."
-            )
-        return f"**{TITLE}: passed**: no stage regressed ({len(self.rows)} compared)."
+            text = f"**{TITLE}: FAILED**: {len(self.regressions)} stage(s) regressed ({names})."
+            return text + (f" No verdict for {missing}." if missing else "")
+        if self.undecided:
+            what = missing or "no stage was measured in both runs"
+            if self.inconclusive == FAIL:
+                return (f"**{TITLE}: FAILED (inconclusive)**: no verdict for {what}; an inconclusive "
+                        f"gate fails ({INCONCLUSIVE_OPTION}=warn only warns).")
+            return (f"**{TITLE}: INCONCLUSIVE (warn)**: no verdict for {what}; not failing because "
+                    f"{INCONCLUSIVE_OPTION}=warn.")
+        return f"**{TITLE}: passed**: every stage within threshold or improved ({len(self.rows)} compared)."
 
     def markdown(self, heading: bool = False) -> str:
-        """Headline, the table (Stage | Baseline | Current | Ratio [CI] | Verdict) and how to read it."""
+        """Headline, the table (Stage | Pages | Baseline | Current | Ratio [CI] | Verdict), how to
+        read it, notes, and the differences compared despite (forced)."""
+        confidence = _pct(1 - self.alpha)
         rows = [
-            (
-                row.stage,
-                fmt(row.baseline),
-                fmt(row.current),
-                _ratio_text(row),
-                _verdict_text(row, self.threshold),
-            )
+            (row.stage, _pages_text(row), fmt(row.baseline), fmt(row.current), _ratio_text(row),
+             _verdict_text(row, self.threshold))
             for row in self.rows
         ]
-        confidence = _pct(1 - self.alpha)
         parts = ([f"## {TITLE}", ""] if heading else []) + [self.headline(), ""]
         if rows:
-            parts += [table(("Stage", "Baseline (ms)", "Current (ms)", "Ratio [CI]", "Verdict"), rows, align="lrrrl"), ""]
+            headers = ("Stage", "Pages", "Baseline (ms)", "Current (ms)", f"Ratio [{confidence} CI]", "Verdict")
+            parts += [table(headers, rows, align="lrrrrl"), ""]
+        bound, mirror = 1 + self.threshold, 1 / (1 + self.threshold)
         parts.append(
-            f"Medians of per-sample times. Ratio = current / baseline with its {confidence} bootstrap "
-            f"interval ({self.n_boot} resamples); paired by page where both runs measured the same "
-            f"pages. A regression needs a rank test p < {self.alpha:g} and the whole interval above "
-            f"1 + {_pct(self.threshold)}."
+            "Baseline and Current: geometric mean over pages of each page's median time (over its rounds "
+            "and epochs); paired rows use the pages both runs measured. Ratio = Current / Baseline, which "
+            f"for paired rows is the geometric mean of the per-page ratios, with its {confidence} Student-t "
+            "interval (paired: per-page log ratios; unpaired: Welch on per-page log times). "
+            f"Regressed: the whole interval above {bound:.{RATIO_DIGITS}f} (1 + {_pct(self.threshold)}); "
+            f"improved: the whole interval below {mirror:.{RATIO_DIGITS}f}; within threshold: its upper end "
+            f"below {bound:.{RATIO_DIGITS}f}; inconclusive otherwise. Fewer than {self.min_pages} pages: "
+            f"insufficient samples. Only within threshold and improved pass; inconclusive: {self.inconclusive}."
         )
-        parts += [f"Note: {note}" for note in self.notes]
-        if self.mismatches:
-            parts.append(f"Note: compared despite differing {', '.join(self.mismatches)} (forced).")
+        for note in self.notes:
+            parts += ["", f"Note: {note}"]
+        if self.differences:
+            parts += ["", "Compared despite these differences from the baseline (forced):", ""]
+            parts += [f"- `{d.key}`: {_value_text(d.baseline)} (baseline) vs {_value_text(d.current)} (current)"
+                      for d in self.differences]
         return "\n".join(parts) + "\n"
 
     def to_json(self) -> dict[str, Any]:
@@ -178,12 +233,20 @@ class GateResult:
             "failed": self.failed,
             "threshold": self.threshold,
             "alpha": self.alpha,
-            "n_boot": self.n_boot,
-            "min_samples": self.min_samples,
-            "mismatches": list(self.mismatches),
+            "min_pages": self.min_pages,
+            "inconclusive": self.inconclusive,
+            "differences": [d.to_json() for d in self.differences],
             "notes": list(self.notes),
             "rows": [row.to_json() for row in self.rows],
         }
+
+    def _missing_text(self) -> str:
+        groups = []
+        for verdict in (INCONCLUSIVE, INSUFFICIENT):
+            names = [row.stage for row in self.rows if row.verdict == verdict]
+            if names:
+                groups.append(f"{', '.join(names)} ({verdict})")
+        return "; ".join(groups)
 
 
 def parse_threshold(value: str | float | int, option: str = THRESHOLD_OPTION) -> float:
@@ -208,6 +271,30 @@ def parse_stage_thresholds(per_stage: Mapping[str, str | float] | None, key: str
     return {str(stage): parse_threshold(value, f"{key}.{stage}") for stage, value in (per_stage or {}).items()}
 
 
+def parse_inconclusive(value: str | None, option: str = INCONCLUSIVE_OPTION) -> str:
+    """What an inconclusive stage does: "fail" (the default, also for None) or "warn".
+
+    Anything else is a DsocrError naming ``option`` and the value.
+    """
+    if value is None:
+        return DEFAULT_INCONCLUSIVE
+    text = str(value).strip().lower()
+    if text not in INCONCLUSIVE_CHOICES:
+        raise DsocrError(f"{option}={value!r}: expected one of {', '.join(INCONCLUSIVE_CHOICES)}")
+    return text
+
+
+def parse_min_pages(value: str | int, option: str = MIN_PAGES_OPTION) -> int:
+    """The fewest pages a verdict needs: an integer >= 2, else a DsocrError naming ``option``."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise DsocrError(f"{option}={value!r}: expected a whole number of pages like {DEFAULT_MIN_PAGES}") from None
+    if number < MIN_PAGES_FLOOR:
+        raise DsocrError(f"{option}={value!r}: a verdict needs at least {MIN_PAGES_FLOOR} pages")
+    return number
+
+
 def load_baseline(path: str | os.PathLike[str], option: str = BASELINE_OPTION) -> dict:
     """A previous run's metrics.json, given as the file or its run dir; DsocrError when unusable."""
     given = Path(path)
@@ -224,78 +311,156 @@ def load_baseline(path: str | os.PathLike[str], option: str = BASELINE_OPTION) -
     return data
 
 
-def compatibility_mismatches(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """"name (baseline vs current)" for each model/config/device key that differs."""
-    found = []
-    for path, name in COMPATIBILITY_KEYS:
-        before, after = _lookup(baseline, path), _lookup(current, path)
-        if name == "device":
-            before, after = _device_type(before), _device_type(after)
-        if before is not None and after is not None and before != after:
-            found.append(f"{name} ({before} vs {after})")
-    return found
+def values_by_page(samples: Sequence[ImageRun | Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """stage -> page key -> that page's values, one per record (round and epoch).
+
+    ``samples`` are records: :class:`ImageRun` (e.g. ``RunMetrics.primary_samples()``) or their
+    json (``ImageRun.to_json()``, a metrics.json's ``samples``); their stage values come from
+    :func:`pytest_dsocr.report.metrics.sample_metrics`. A page key is the sample id and the
+    prompt length: the same file under another config has another prompt length and never pairs.
+    """
+    grouped: dict[str, dict[str, list[float]]] = {}
+    for sample in samples:
+        run = sample if isinstance(sample, ImageRun) else ImageRun.from_json(sample)
+        key = page_key(run.sample_id, run.prefill_len)
+        for stage, value in sample_metrics(run).items():
+            grouped.setdefault(stage, {}).setdefault(key, []).append(value)
+    return grouped
+
+
+def page_key(sample_id: str, prefill_len: int | None) -> str:
+    """What identifies a page across runs: its sample id and prompt length."""
+    return f"{sample_id}#{prefill_len}"
+
+
+def page_medians(pages: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Each page reduced to one value: the median of its positive values (a zero time has no
+    ratio); pages without one are left out. (statistics.median: a page has a handful of rounds,
+    where numpy's per-call overhead dominates.)"""
+    reduced = {}
+    for key, values in pages.items():
+        kept = [float(v) for v in values if v > 0]
+        if kept:
+            reduced[key] = float(statistics.median(kept))
+    return reduced
+
+
+def classify(ci_low: float, ci_high: float, threshold: float) -> str:
+    """The verdict of a ratio interval against ``threshold`` (see the module doc)."""
+    bound = 1.0 + threshold
+    if ci_low > bound:
+        return REGRESSED
+    if ci_high < 1.0 / bound:
+        return IMPROVED
+    if ci_high < bound:
+        return WITHIN_THRESHOLD
+    return INCONCLUSIVE
+
+
+def judge(
+    stage: str,
+    base_pages: Mapping[str, Sequence[float]],
+    current_pages: Mapping[str, Sequence[float]],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    min_pages: int = DEFAULT_MIN_PAGES,
+) -> GateRow:
+    """The verdict on one stage from page key -> values (rounds, epochs) of each run.
+
+    Paired over the pages both runs measured when there are at least ``min_pages`` of them;
+    else unpaired over all pages when each run has at least ``min_pages``; else insufficient
+    samples. Page keys of one run that must never pair with the other's need distinct keys.
+    """
+    base, current = page_medians(base_pages), page_medians(current_pages)
+    common = [key for key in current if key in base]
+    interval: RatioInterval | None = None
+    if len(common) >= min_pages:
+        interval = paired_ratio_interval([base[k] for k in common], [current[k] for k in common], 1.0 - alpha)
+    elif min(len(base), len(current)) >= min_pages:
+        interval = unpaired_ratio_interval(list(base.values()), list(current.values()), 1.0 - alpha)
+    counts = dict(stage=stage, threshold=threshold, n_baseline=len(base), n_current=len(current))
+    if interval is None:
+        geo_base, geo_current = _geometric_mean(base.values()), _geometric_mean(current.values())
+        detail = (f"{len(common)} pages in both runs, {len(base)} vs {len(current)} in all; "
+                  f"a verdict needs {min_pages}")
+        ratio = geo_current / geo_base if geo_base and geo_current is not None else None
+        return GateRow(baseline=geo_base, current=geo_current, ratio=ratio, ci_low=None, ci_high=None,
+                       verdict=INSUFFICIENT, method=None, pages=len(common), detail=detail, **counts)
+    return GateRow(baseline=interval.baseline, current=interval.current, ratio=interval.ratio,
+                   ci_low=interval.low, ci_high=interval.high,
+                   verdict=classify(interval.low, interval.high, threshold), method=interval.method,
+                   pages=interval.pages, **counts)
 
 
 def compare_runs(
-    baseline: dict,
-    current: dict,
+    baseline: Mapping[str, Any],
+    current: Mapping[str, Any],
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    per_stage: dict[str, float] | None = None,
+    per_stage: Mapping[str, float] | None = None,
     force: bool = False,
     alpha: float = DEFAULT_ALPHA,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = DEFAULT_SEED,
-    min_samples: int = DEFAULT_MIN_SAMPLES,
+    min_pages: int = DEFAULT_MIN_PAGES,
+    inconclusive: str = DEFAULT_INCONCLUSIVE,
+    differences: Sequence[Difference] | None = None,
     force_hint: str = FORCE_OPTION,
 ) -> GateResult:
-    """Judge every stage measured in both runs (see module doc). Refuses, with a DsocrError
-    naming the differing keys, a baseline of another model, config or device unless ``force``."""
-    mismatches = compatibility_mismatches(baseline, current)
-    if mismatches and not force:
-        raise DsocrError(
-            f"baseline is not comparable with this run: it differs in {', '.join(mismatches)}; "
-            f"compare like with like, or pass {force_hint} to compare anyway"
-        )
-    base_values, current_values = _values_by_page(baseline), _values_by_page(current)
-    both = {stage for stage in base_values if stage in current_values}
-    rows = [
-        _judge(
-            stage, base_values.get(stage, {}), current_values.get(stage, {}),
-            threshold=(per_stage or {}).get(stage, threshold), alpha=alpha, n_boot=n_boot,
-            seed=seed + index, min_samples=min_samples,
-        )
-        for index, stage in enumerate(_common_stages(baseline, current, both))
-    ]
+    """Judge every stage measured in both metrics dicts (json form of metrics.json).
+
+    ``differences``: the identity differences already found (the plugin checks before the
+    run); None computes them here from the metrics' ``identity`` sections (or their config/env).
+    Differences, or another aggregated benchmark stage, raise a DsocrError naming every key
+    unless ``force``; forced ones are listed in the result (and regression.md).
+    """
+    if differences is None:
+        differences = compatibility_differences(identity_from_metrics(baseline), identity_from_metrics(current))
+    found = list(differences) + _measurement_differences(baseline, current)
+    if found and not force:
+        raise incompatible_error(found, force_hint)
     notes = [
         f"the {which} run is incomplete ({run.get('reason') or 'no reason recorded'})."
         for which, run in (("baseline", baseline), ("current", current))
         if run.get("complete") is False
     ]
-    compared = {row.stage for row in rows}
-    notes += [
-        f"the threshold given for stage {stage!r} matches no compared stage ({', '.join(row.stage for row in rows)})."
-        for stage in per_stage or {}
-        if stage not in compared
+    base_values, base_note = _run_values(baseline, "baseline")
+    current_values, current_note = _run_values(current, "current")
+    notes += [note for note in (base_note, current_note) if note]
+    stages = _common_stages(baseline, current, set(base_values) & set(current_values))
+    rows = [
+        judge(stage, base_values.get(stage, {}), current_values.get(stage, {}),
+              threshold=(per_stage or {}).get(stage, threshold), alpha=alpha, min_pages=min_pages)
+        for stage in stages
     ]
-    return GateResult(rows, threshold, alpha, n_boot, min_samples, mismatches if force else [], notes)
+    notes += [
+        f"the threshold given for stage {stage!r} matches no compared stage ({', '.join(stages)})."
+        for stage in per_stage or {}
+        if stage not in stages
+    ]
+    return GateResult(tuple(rows), threshold, alpha, min_pages, parse_inconclusive(inconclusive),
+                      tuple(found) if force else (), tuple(notes))
 
 
 def run_gate(
-    metrics: RunMetrics | dict,
-    baseline: str | os.PathLike[str] | dict,
+    metrics: RunMetrics | Mapping[str, Any],
+    baseline: str | os.PathLike[str] | Mapping[str, Any],
     max_regression: str | float = DEFAULT_THRESHOLD,
     *,
     per_stage: Mapping[str, str | float] | None = None,
     force: bool = False,
     run_dir: str | os.PathLike[str] | None = None,
+    inconclusive: str | None = None,
+    min_pages: int | str = DEFAULT_MIN_PAGES,
+    differences: Sequence[Difference] | None = None,
 ) -> GateResult:
-    """The plugin's entry: load and check the baseline, parse thresholds, compare, and write
-    ``<run_dir>/regression.md``. Bad input raises DsocrError naming the option."""
+    """The plugin's entry: load the baseline, parse the options, compare, and write
+    ``<run_dir>/regression.md`` (with the forced ``differences``, when given, listed in it).
+    Bad input raises DsocrError naming the option."""
     base = baseline if isinstance(baseline, Mapping) else load_baseline(baseline)
     result = compare_runs(
         base, as_metrics_json(metrics), threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
-        force=force,
+        force=force, min_pages=parse_min_pages(min_pages), inconclusive=parse_inconclusive(inconclusive),
+        differences=differences,
     )
     if run_dir is not None:
         write_regression_report(run_dir, result)
@@ -307,119 +472,81 @@ def write_regression_report(run_dir: str | os.PathLike[str], result: GateResult)
     return atomic_write_text(Path(run_dir) / REGRESSION_FILE, result.markdown(heading=True))
 
 
-def _judge(
-    stage: str,
-    base_pages: Mapping[str | None, list[float]],
-    current_pages: Mapping[str | None, list[float]],
-    *,
-    threshold: float,
-    alpha: float,
-    n_boot: int,
-    seed: int,
-    min_samples: int,
-) -> GateRow:
-    base_all = [v for values in base_pages.values() for v in values if v > 0]  # a zero time has no ratio
-    current_all = [v for values in current_pages.values() for v in values if v > 0]
-    row = dict(
-        stage=stage,
-        baseline=float(np.median(base_all)) if base_all else None,
-        current=float(np.median(current_all)) if current_all else None,
-        threshold=threshold,
-        n_baseline=len(base_all),
-        n_current=len(current_all),
-    )
-    rng = np.random.default_rng(seed)
-    ci_level = 1.0 - alpha
-    paired = {
-        key: (float(np.median(base_pages[key])), float(np.median(current_pages[key])))
-        for key in base_pages
-        if key is not None and key in current_pages and min(base_pages[key]) > 0 and min(current_pages[key]) > 0
-    }
-    if len(paired) >= min_samples and _smallest_p_paired(len(paired)) < alpha:
-        log_ratios = np.log([after / before for before, after in paired.values()])
-        ratio = float(np.exp(np.median(log_ratios)))
-        low, high = percentile_interval(np.exp(resample_statistic(log_ratios, np.median, n_boot, rng)), ci_level)
-        p_value, method = wilcoxon_signed_rank(log_ratios), PAIRED
-    elif (
-        len(paired) < min_samples  # the runs measured different pages: compare all runs
-        and min(len(base_all), len(current_all)) >= min_samples
-        and _smallest_p_unpaired(len(base_all), len(current_all)) < alpha
-    ):
-        base, cur = np.asarray(base_all), np.asarray(current_all)
-        ratio = float(np.median(cur) / np.median(base))
-        ratios = resample_statistic(cur, np.median, n_boot, rng) / resample_statistic(base, np.median, n_boot, rng)
-        low, high = percentile_interval(ratios, ci_level)
-        p_value, method = mann_whitney_u(base, cur), UNPAIRED
-    else:
-        if len(paired) >= min_samples:
-            detail = f"{len(paired)} pages in both runs; a paired verdict needs {_pairs_needed(alpha)}"
-        else:
-            detail = f"{len(base_all)} vs {len(current_all)} runs; need at least {min_samples} in each"
-        return GateRow(ratio=_safe_ratio(row["current"], row["baseline"]), ci_low=None, ci_high=None,
-                       p_value=None, verdict=INSUFFICIENT, method=None, detail=detail, **row)
-    verdict = _verdict(ratio, low, high, p_value, threshold=threshold, alpha=alpha)
-    return GateRow(ratio=ratio, ci_low=low, ci_high=high, p_value=p_value, verdict=verdict, method=method, **row)
+def _measurement_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
+    """Differences in what was measured rather than how: the benchmark stage whose records make
+    the aggregates (a profiled stage's overhead is not a regression)."""
+    before, after = baseline.get(AGGREGATES_STAGE), current.get(AGGREGATES_STAGE)
+    if before is not None and after is not None and before != after:
+        return [Difference(AGGREGATES_STAGE, before, after)]
+    return []
 
 
-def _smallest_p_paired(n: int) -> float:
-    """The smallest two-sided p-value the signed-rank test can give for n pairs: all signs agree."""
-    return 2.0 / 2**n
+def _run_values(metrics: Mapping[str, Any], label: str) -> tuple[dict[str, dict[str, list[float]]], str | None]:
+    """stage -> page -> values of one metrics dict, and a note when it had to do without samples.
+
+    A metrics.json without per-sample records keeps only each stage's raw values (one per
+    round and epoch, without page ids). They are per-page values only when every page ran
+    once (1 round, 1 epoch); they then get keys of their own run (``label``), so they never
+    pair. Otherwise they cannot be reduced to pages and the stages get no verdict.
+    """
+    samples = _primary_samples(metrics)
+    if samples:
+        return values_by_page(samples), None
+    aggregates = metrics.get("aggregates") or {}
+    named = {**{m: aggregates.get(f"{m}_ms") for m in LATENCY_METRICS}, **(aggregates.get("stage_ms") or {})}
+    raw = {stage: [float(v) for v in (stats or {}).get("values") or []] for stage, stats in named.items()}
+    raw = {stage: values for stage, values in raw.items() if values}
+    rounds = _lookup(metrics, ("counts", "rounds"))
+    epochs = _lookup(metrics, ("config", "dataset", "sampling", "num_epochs"))
+    if rounds == 1 and epochs == 1:
+        pages = {stage: {f"{label}:{i}": [v] for i, v in enumerate(values)} for stage, values in raw.items()}
+        return pages, f"the {label} metrics.json has no per-page samples; its values (1 round each) are taken as pages, unpaired."
+    note = (f"the {label} metrics.json has no per-page samples and {rounds} round(s) per page: its values "
+            "cannot be reduced to pages.")
+    return {stage: {} for stage in raw}, note
 
 
-def _smallest_p_unpaired(n1: int, n2: int) -> float:
-    """The smallest two-sided p-value Mann–Whitney U can give: the samples do not overlap."""
-    return 2.0 / math.comb(n1 + n2, n1)
-
-
-def _pairs_needed(alpha: float) -> int:
-    """Fewest pairs for which the signed-rank test can reach ``alpha`` at all."""
-    n = 1
-    while _smallest_p_paired(n) >= alpha:
-        n += 1
-    return n
-
-
-def _verdict(ratio: float, low: float, high: float, p_value: float, *, threshold: float, alpha: float) -> str:
-    significant = p_value < alpha and (low > 1.0 or high < 1.0)
-    if significant and low > 1.0 + threshold:
-        return REGRESSION
-    if significant and high < 1.0 - threshold:
-        return IMPROVEMENT
-    if ratio > 1.0 + threshold or ratio < 1.0 - threshold:
-        return INCONCLUSIVE
-    return WITHIN_THRESHOLD if significant else LIKELY_NOISE
-
-
-def _common_stages(baseline: Mapping[str, Any], current: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+def _common_stages(baseline: Mapping[str, Any], current: Mapping[str, Any], measured: set[str]) -> list[str]:
     """Stages of both runs in reading order, then ttft, tpot and e2e where both have values."""
     theirs = set((baseline.get("aggregates") or {}).get("stage_ms") or {})
     ours = list((current.get("aggregates") or {}).get("stage_ms") or {})
     ordered = [PREFILL, VISION] + [s for s in ours if s not in (PREFILL, VISION, DECODE)] + [DECODE]
     common = [s for s in ordered if s in theirs and s in ours]
-    return common + [m for m in LATENCY_METRICS if m in values]
+    return common + [m for m in LATENCY_METRICS if m in measured]
 
 
-def _values_by_page(metrics: Mapping[str, Any]) -> dict[str, dict[str | None, list[float]]]:
-    """stage -> page key -> that page's values (one per round and epoch).
+def as_metrics_json(metrics: RunMetrics | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The json form the gate reads (a RunMetrics is converted)."""
+    return metrics.to_json() if isinstance(metrics, RunMetrics) else metrics
 
-    A page key is the sample id and prompt length: the same file under another config has
-    another prompt length and never pairs. A metrics.json written without samples falls back
-    to the raw Stats values of each stage under the key None, which never pairs.
-    """
-    grouped: dict[str, dict[str | None, list[float]]] = {}
-    samples = _primary_samples(metrics)
-    for sample in samples:
-        key = f"{sample['sample_id']}#{sample.get('prefill_len')}"
-        for stage, value in sample_metrics(ImageRun.from_json(sample)).items():
-            grouped.setdefault(stage, {}).setdefault(key, []).append(value)
-    if not samples:
-        aggregates = metrics.get("aggregates") or {}
-        named = {**{m: aggregates.get(f"{m}_ms") for m in LATENCY_METRICS}, **(aggregates.get("stage_ms") or {})}
-        for stage, stats in named.items():
-            values = (stats or {}).get("values") or []
-            if values:
-                grouped[stage] = {None: [float(v) for v in values]}
-    return grouped
+
+def _primary_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-sample records of a metrics dict that its top-level aggregates are made of."""
+    samples = list(metrics.get("samples") or [])
+    stage = metrics.get("aggregates_stage")
+    return [s for s in samples if s.get("stage", stage) == stage]
+
+
+def _lookup(mapping: Any, path: tuple[str, ...]) -> Any:
+    """``mapping[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _geometric_mean(values: Any) -> float | None:
+    array = np.asarray(list(values), dtype=np.float64)
+    return float(np.exp(np.log(array).mean())) if len(array) else None
+
+
+def _pages_text(row: GateRow) -> str:
+    if row.method == PAIRED:
+        return f"{row.pages} paired"
+    if row.method == UNPAIRED:
+        return f"{row.n_baseline} / {row.n_current} unpaired"
+    return f"{row.n_baseline} / {row.n_current}"
 
 
 def _verdict_text(row: GateRow, threshold: float) -> str:
@@ -436,34 +563,9 @@ def _ratio_text(row: GateRow) -> str:
     return f"{row.ratio:.{RATIO_DIGITS}f} [{row.ci_low:.{RATIO_DIGITS}f}, {row.ci_high:.{RATIO_DIGITS}f}]"
 
 
+def _value_text(value: Any) -> str:
+    return "absent" if value == ABSENT else f"`{json.dumps(value, default=str)}`"
+
+
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:g}%"
-
-
-def _safe_ratio(current: float | None, baseline: float | None) -> float | None:
-    return current / baseline if current is not None and baseline else None
-
-
-def _device_type(device: Any) -> Any:
-    return str(device).split(":")[0] if device is not None else None
-
-
-def _lookup(mapping: Any, path: tuple[str, ...]) -> Any:
-    """``mapping[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
-    for key in path:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
-
-
-def _primary_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-sample records of a metrics dict that its top-level aggregates are made of."""
-    samples = list(metrics.get("samples") or [])
-    stage = metrics.get("aggregates_stage")
-    return [s for s in samples if s.get("stage", stage) == stage]
-
-
-def as_metrics_json(metrics: RunMetrics | Mapping[str, Any]) -> Mapping[str, Any]:
-    """The json form the gate reads (a RunMetrics is converted)."""
-    return metrics.to_json() if isinstance(metrics, RunMetrics) else metrics

@@ -1,9 +1,9 @@
-"""The one statistics helper: every number in metrics.json, the markdown and the gate comes from here.
+"""The one statistics helper: every summary number in metrics.json and the markdown comes from here.
 
 Modelled on optimum-benchmark's ``Latency.from_values``: one constructor computes count,
 mean, sample standard deviation, percentiles and a bootstrap confidence interval of the
-mean, and keeps the raw values so that later readers (the regression gate) can redo the
-statistics they need.
+mean, and keeps the raw values so that later readers can redo the statistics they need. (The
+regression gate compares two runs page by page with its own intervals: ``ttest``.)
 """
 
 from __future__ import annotations
