@@ -176,6 +176,49 @@ def bundled_truth() -> dict[str, PageTruth]:
     return truths
 
 
+def truth_for_dataset(cfg, base_dir: Path | None = None) -> dict[Path, PageTruth]:
+    """Ground truth of a dataset's pages, keyed by absolute image path (the paths
+    :func:`~pytest_dsocr.data.datasets.discover_images` gives); pages without one are absent.
+
+    - ``samples``: the ``.mmd`` beside every bundled page (all of them have one);
+    - ``omnidocbench``: ``dataset.root/OmniDocBench.json`` when it is there (else nothing);
+    - ``folder``: a ``.mmd`` beside an image (``scan.png`` -> ``scan.mmd``) when there is one.
+    """
+    from pytest_dsocr.data.datasets import OMNIDOCBENCH_IMAGES, discover_images
+
+    images = discover_images(cfg, base_dir)
+    if cfg.name == "omnidocbench":
+        root = _omnidocbench_root(images[0], OMNIDOCBENCH_IMAGES)
+        if not (root / OMNIDOCBENCH_JSON).is_file():
+            return {}
+        by_name = omnidocbench_truth(root)
+        return {image: by_name[image.name] for image in images if image.name in by_name}
+    truths = {}
+    for image in images:
+        if truth_path(image).is_file():
+            truths[image] = _truth_beside(image)
+    return truths
+
+
+def _omnidocbench_root(image: Path, images_dir: str) -> Path:
+    """The benchmark root above an image under its ``images/`` folder."""
+    for parent in image.parents:
+        if parent.name == images_dir:
+            return parent.parent
+    return image.parent
+
+
+def _truth_beside(image: Path) -> PageTruth:
+    from PIL import Image
+
+    try:
+        with Image.open(image) as handle:
+            width, height = handle.size
+    except (OSError, ValueError) as exc:
+        raise DsocrError(f"cannot read the size of {image} for its ground truth ({exc})") from exc
+    return truth_from_markup(read_truth_markup(image), width, height, image.name)
+
+
 def omnidocbench_truth(root: str | Path) -> dict[str, PageTruth]:
     """Ground truth of an OmniDocBench copy (``root/OmniDocBench.json``), keyed by image file name.
 
