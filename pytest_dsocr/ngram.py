@@ -55,3 +55,19 @@ class IncrementalNoRepeatNGram(LogitsProcessor):
                     scores_processed = scores.clone()
                 scores_processed[row, banned] = -float("inf")
         return scores_processed
+
+
+def first_repeated_ngram(ids: list[int], ngram_size: int, start: int = 0) -> int | None:
+    """Index of the first token at or after ``start`` that completes an n-gram seen earlier in ``ids``.
+
+    That token is one the n-gram ban (transformers' processor, and :class:`IncrementalNoRepeatNGram`)
+    would forbid there, so greedy decoding with that ban can never produce ``ids``; None when
+    there is no such token.
+    """
+    seen: set[tuple[int, ...]] = set()
+    for end in range(ngram_size, len(ids) + 1):
+        gram = tuple(ids[end - ngram_size:end])
+        if gram in seen and end - 1 >= start:
+            return end - 1
+        seen.add(gram)
+    return None

@@ -55,6 +55,8 @@ def byte_alphabet() -> dict[int, str]:
 
 def split_at_tokens(text: str, tokens: tuple[str, ...]) -> list[str]:
     """The pieces of ``text`` between occurrences of ``tokens`` (added tokens never take part in merges)."""
+    if not tokens:
+        return [text] if text else []
     pattern = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
     return [piece for piece in re.split(pattern, text) if piece]
 
@@ -68,22 +70,31 @@ def learn_merges(texts: list[str], split_tokens: tuple[str, ...], max_merges: in
             words[tuple(alphabet[b] for b in piece.encode("utf-8"))] += 1
     sequences = [list(word) for word in sorted(words)]
     counts = [words[word] for word in sorted(words)]
+    pairs: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = {}  # pair -> sequences holding it (may hold stale ones)
+    for index, (symbols, count) in enumerate(zip(sequences, counts)):
+        _count_pairs(symbols, count, index, pairs, where)
     merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, count in zip(sequences, counts):
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += count
-        if not pairs:
-            break
+    while len(merges) < max_merges and pairs:
         best_count = max(pairs.values())
         if best_count < MIN_PAIR_COUNT:
             break
         best = min(pair for pair, count in pairs.items() if count == best_count)
         merges.append(best)
-        for symbols in sequences:
+        for index in sorted(where.pop(best, ())):  # only the sequences holding the pair change
+            symbols, count = sequences[index], counts[index]
+            _count_pairs(symbols, -count, None, pairs, where)
             _merge_in_place(symbols, best)
+            _count_pairs(symbols, count, index, pairs, where)
+        pairs = +pairs  # drop pairs that no longer occur
     return merges
+
+
+def _count_pairs(symbols: list[str], count: int, index: int | None, pairs: Counter, where: dict) -> None:
+    for pair in zip(symbols, symbols[1:]):
+        pairs[pair] += count
+        if index is not None:
+            where.setdefault(pair, set()).add(index)
 
 
 def _merge_in_place(symbols: list[str], pair: tuple[str, str]) -> None:
