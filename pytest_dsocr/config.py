@@ -24,6 +24,7 @@ from pytest_dsocr.data.config import DatasetConfig, validate_sampling_config
 from pytest_dsocr.decoding import parse_max_new_tokens
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
+from pytest_dsocr.models.weights import check_weights_choice
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
 
@@ -60,14 +61,15 @@ HARDWARE_GROUP = "hardware"
 class ModelConfig:
     family: str = "deepseek_ocr"  # deepseek_ocr (v1) | deepseek_ocr2 (v2)
     size: str = "tiny"  # tiny (small widths, built offline in seconds) | full (published architecture)
-    path: Optional[str] = None  # local checkpoint folder (config.json, *.safetensors, tokenizer); None = random init
+    path: Optional[str] = None  # local checkpoint folder (config.json, *.safetensors, tokenizer); set: model.weights is not used
+    weights: str = "bundled"  # without model.path: bundled (tiny only: trained on the bundled pages) | random (seeded init)
     base_size: int = 1024  # global view side in pixels
     image_size: int = 640  # crop side in pixels
     crop_mode: bool = True  # dynamic crops for pages larger than one crop
     max_crops: int = 9  # most tiles of a crop grid (the vendor's vLLM script uses 6 to save memory)
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0  # random init seed when no checkpoint is given
+    seed: int = 0  # random init seed (model.weights=random)
 
 
 @dataclass
@@ -257,6 +259,7 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("model.family", model.family, FAMILIES)
     _check_choice("model.size", model.size, SIZES)
     _check_choice("model.dtype", model.dtype, DTYPES)
+    check_weights_choice(model.weights, model.size, model.path)
     _check_choice("infer.decode_backend", infer.decode_backend, DECODE_BACKENDS)
     if not (model.device in ("auto", "cpu", "cuda") or str(model.device).startswith("cuda:")):
         raise DsocrError(f"model.device={model.device!r}: expected auto, cpu, cuda or cuda:N")

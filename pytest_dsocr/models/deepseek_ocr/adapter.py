@@ -18,6 +18,7 @@ from pytest_dsocr.models.decode_steps import DecodeSteps
 from pytest_dsocr.models.deepseek_ocr.processing import PreparedInputs, prepare_inputs
 from pytest_dsocr.models.deepseek_ocr.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr.tokenizer import load_tokenizer
+from pytest_dsocr.models.weights import resolve_weights
 
 
 class DeepseekOCRAdapter(DecodeSteps):
@@ -34,9 +35,10 @@ class DeepseekOCRAdapter(DecodeSteps):
         self.image_size = model_cfg.image_size
         self.crop_mode = model_cfg.crop_mode
         self.max_crops = model_cfg.max_crops
+        self.weights = resolve_weights(model_cfg)  # bundled, random or a checkpoint folder
         self.model = build_model("deepseek_ocr", model_cfg.size, device=str(device), dtype=dtype,
-                                 path=model_cfg.path, seed=model_cfg.seed)
-        self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
+                                 path=self.weights.path, seed=model_cfg.seed)
+        self.tokenizer = load_tokenizer(self.weights.path, self.spec)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
         self.init_decode_backend(decode_backend)
@@ -55,11 +57,12 @@ class DeepseekOCRAdapter(DecodeSteps):
     def encode_images(self, prepared: PreparedInputs) -> list[torch.Tensor]:
         return self.model.model.encode_images(prepared.images, prepared.images_spatial_crop)
 
+    def prompt_embeds(self, prepared: PreparedInputs, image_embeds) -> torch.Tensor:
+        """The prompt's input embeddings [1, L, D]: token embeddings with the image features in place."""
+        return self.model.model.merge_image_embeddings(prepared.input_ids, image_embeds, prepared.images_seq_mask)
+
     def prefill(self, prepared: PreparedInputs, image_embeds) -> tuple[torch.Tensor, DynamicCache]:
-        inputs_embeds = self.model.model.merge_image_embeddings(
-            prepared.input_ids, image_embeds, prepared.images_seq_mask
-        )
-        return self.prefill_embeds(inputs_embeds)
+        return self.prefill_embeds(self.prompt_embeds(prepared, image_embeds))
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the same inputs: the reference path for parity."""

@@ -28,6 +28,7 @@ from pytest_dsocr.models.deepseek_ocr2.processing import (
 )
 from pytest_dsocr.models.deepseek_ocr2.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr2.tokenizer import load_tokenizer
+from pytest_dsocr.models.weights import resolve_weights
 
 FAMILY = "deepseek_ocr2"
 SUBSTAGES = ("sam", "encoder", "projector")
@@ -45,9 +46,10 @@ class DeepseekOCR2Adapter(DecodeSteps):
         self.prompt = prompt
         self.views = ViewSettings.from_model_config(model_cfg.base_size, model_cfg.image_size,
                                                     model_cfg.crop_mode, model_cfg.max_crops)
+        self.weights = resolve_weights(model_cfg)  # bundled, random or a checkpoint folder
         self.model = build_model(FAMILY, model_cfg.size, device=str(device), dtype=dtype,
-                                 path=model_cfg.path, seed=model_cfg.seed)
-        self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
+                                 path=self.weights.path, seed=model_cfg.seed)
+        self.tokenizer = load_tokenizer(self.weights.path, self.spec)
         self.processor = build_processor(self.tokenizer, self.spec, self.views)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
@@ -68,13 +70,16 @@ class DeepseekOCR2Adapter(DecodeSteps):
         features = self.model.model.get_image_features(**prepared.model_kwargs(), return_dict=True)
         return torch.cat(features.pooler_output, dim=0)
 
-    def prefill(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+    def prompt_embeds(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The prompt's input embeddings [1, L, D], image features scattered in as the model's forward does."""
         inner = self.model.model
         inputs_embeds = inner.get_input_embeddings()(prepared.input_ids)
         image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
         mask = inner.get_placeholder_mask(prepared.input_ids, inputs_embeds, image_embeds)
-        inputs_embeds = inputs_embeds.masked_scatter(mask, image_embeds)
-        return self.prefill_embeds(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, image_embeds)
+
+    def prefill(self, prepared: PreparedInputs, image_embeds: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        return self.prefill_embeds(self.prompt_embeds(prepared, image_embeds))
 
     def generate_reference(self, prepared: PreparedInputs, policy: DecodePolicy, max_new_tokens: int) -> list[int]:
         """The model's own ``generate`` on the processor's inputs: the reference path for parity."""
