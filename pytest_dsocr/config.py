@@ -27,6 +27,7 @@ from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import DEFAULT_FAMILY, FAMILY_NAMES, family
 from pytest_dsocr.hardware import hardware_names
 from pytest_dsocr.models.deepseek_ocr.prompt import DEFAULT_PROMPT
+from pytest_dsocr.models.weights import check_weights_choice
 from pytest_dsocr.outputs.config import StageOutputConfig, validate_stage_output_config
 from pytest_dsocr.profilers.config import ProfilingConfig, validate_profiling_config
 from pytest_dsocr.report.gate import parse_inconclusive, parse_min_pages, parse_stage_thresholds, parse_threshold
@@ -69,14 +70,15 @@ QUOTING_HELP = ("quote the value for YAML inside the shell's quotes, e.g. "
 class ModelConfig:
     family: str = DEFAULT_FAMILY  # deepseek_ocr (v1) | deepseek_ocr2 (v2): see pytest_dsocr.families
     size: str = "tiny"  # tiny (small widths, built offline in seconds) | full (published architecture)
-    path: Optional[str] = None  # local checkpoint folder (config.json, *.safetensors, tokenizer); None = random init
+    path: Optional[str] = None  # local checkpoint folder (config.json, *.safetensors, tokenizer); set: model.weights is not used
+    weights: str = "bundled"  # without model.path: bundled (tiny only: trained on the bundled pages) | random (seeded init)
     base_size: int = 1024  # global view side in pixels
     image_size: int = 640  # crop side in pixels
     crop_mode: bool = True  # dynamic crops for pages larger than one crop
     max_crops: int = 9  # most tiles of a crop grid (the vendor's vLLM script uses 6 to save memory)
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0  # random init seed when no checkpoint is given
+    seed: int = 0  # random init seed (model.weights=random)
 
 
 @dataclass
@@ -279,6 +281,7 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("model.family", model.family, FAMILY_NAMES)
     _check_choice("model.size", model.size, SIZES)
     _check_choice("model.dtype", model.dtype, DTYPES)
+    check_weights_choice(model.weights, model.size, model.path)
     _check_choice("infer.decode_backend", infer.decode_backend, DECODE_BACKENDS)
     _check_choice("infer.preprocess_device", infer.preprocess_device, PREPROCESS_DEVICES)
     _check_choice("infer.vision_backend", infer.vision_backend, FAST_PATH_BACKENDS)

@@ -85,3 +85,19 @@ def ban_repeated_ngrams(scores: torch.Tensor, seen: torch.Tensor, length: torch.
     mask = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
     mask.scatter_(1, banned, True)
     return scores.masked_fill(mask[:, :vocab], -float("inf"))
+
+
+def first_repeated_ngram(ids: list[int], ngram_size: int, start: int = 0) -> int | None:
+    """Index of the first token at or after ``start`` that completes an n-gram seen earlier in ``ids``.
+
+    That token is one the n-gram ban (transformers' processor, and :class:`IncrementalNoRepeatNGram`)
+    would forbid there, so greedy decoding with that ban can never produce ``ids``; None when
+    there is no such token.
+    """
+    seen: set[tuple[int, ...]] = set()
+    for end in range(ngram_size, len(ids) + 1):
+        gram = tuple(ids[end - ngram_size:end])
+        if gram in seen and end - 1 >= start:
+            return end - 1
+        seen.add(gram)
+    return None

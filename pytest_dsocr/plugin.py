@@ -48,18 +48,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--dsocr-max-regression", metavar="PCT",
                     help="largest tolerated slowdown of a stage median, e.g. 10%% (default from gate.max_regression)")
     group.addoption("--dsocr-baseline-force", action="store_true", default=None,
-                    help="compare against a baseline of another model, config or device anyway")
+                    help="compare against a baseline of another model, config or device anyway "
+                         "(the differences are listed in regression.md)")
+    group.addoption("--dsocr-gate-inconclusive", metavar="fail|warn",
+                    help="what a stage without a verdict does to the exit code (default from gate.inconclusive: fail)")
     parser.addini("dsocr_set", "config overrides, one KEY=VALUE per line", type="linelist", default=[])
     parser.addini("dsocr_config", "YAML file merged over conf/config.yaml", default=None)
     parser.addini("dsocr_run_dir", "run directory", default=None)
     parser.addini("dsocr_profiler", "profiler stage to enable", default=None)
     parser.addini("dsocr_baseline", "baseline metrics.json or run dir", default=None)
     parser.addini("dsocr_max_regression", "largest tolerated slowdown of a stage median", default=None)
+    parser.addini("dsocr_gate_inconclusive", "fail | warn: a stage without a verdict fails the session or warns",
+                  default=None)
 
 
 # Options and ini keys that ask for pytest-dsocr up front (the plugin is otherwise inert).
-OPTION_NAMES = ("set", "config", "run_dir", "profiler", "baseline", "max_regression", "baseline_force")
-INI_NAMES = ("set", "config", "run_dir", "profiler", "baseline", "max_regression")
+OPTION_NAMES = ("set", "config", "run_dir", "profiler", "baseline", "max_regression", "baseline_force",
+                "gate_inconclusive")
+INI_NAMES = ("set", "config", "run_dir", "profiler", "baseline", "max_regression", "gate_inconclusive")
 # Fixtures that make a test a pytest-dsocr test (besides the stage markers).
 FIXTURES = ("dsocr_sample", "dsocr_config", "dsocr_profiler", "dsocr_run_dir", "dsocr_collector",
             "dsocr_session", "dsocr_measure")

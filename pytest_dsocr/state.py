@@ -21,14 +21,16 @@ from pytest_dsocr.collector import Collector
 from pytest_dsocr.config import load_config, to_container
 from pytest_dsocr.data.datasets import DatasetScan, scan_dataset
 from pytest_dsocr.data.sampling import sample_images
-from pytest_dsocr.env import collect_env, peak_memory
+from pytest_dsocr.env import collect_env, peak_memory, resolve_device
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import stage_tree
 from pytest_dsocr.notes import SessionNotes
 from pytest_dsocr.parity import warn_if_no_boxes
 from pytest_dsocr.profilers import PROFILERS
 from pytest_dsocr.records import Sample
-from pytest_dsocr.report.gate import GateResult, run_gate
+from pytest_dsocr.models.weights import weights_identity
+from pytest_dsocr.report.compatibility import Difference, check_compatibility, identity_from_metrics, run_identity
+from pytest_dsocr.report.gate import GateResult, load_baseline, parse_inconclusive, run_gate
 from pytest_dsocr.report.model import RunMetrics
 from pytest_dsocr.rundir import check_writable, new_run_dir, remove_if_empty
 from pytest_dsocr.xdist_setup import RUN_DIR_KEY, is_controller, worker_id, worker_input
@@ -78,6 +80,17 @@ class DsocrState:
         self.baseline = option_value(config, "baseline")
         self.max_regression = option_value(config, "max_regression") or self.cfg.gate.max_regression
         self.baseline_force = bool(config.getoption("--dsocr-baseline-force"))
+        self.gate_inconclusive = parse_inconclusive(option_value(config, "gate_inconclusive")
+                                                    or self.cfg.gate.inconclusive)
+        self._identity: dict | None = None
+        # Compared before any model is built: a baseline that measured something else is refused
+        # now, not after the run (forced differences go to regression.md).
+        self.baseline_data: dict | None = None
+        self.baseline_differences: list[Difference] = []
+        if self.baseline and self.worker is None:
+            self.baseline_data = load_baseline(self.baseline)
+            self.baseline_differences = check_compatibility(identity_from_metrics(self.baseline_data), self.identity,
+                                                            force=self.baseline_force)
         # set by the hooks as the session goes on
         self.xdist: XdistController | None = None  # in an xdist controller
         self.interrupted: str | None = None  # why the session was interrupted, if it was
@@ -98,6 +111,15 @@ class DsocrState:
             self.run_dir  # refuse an existing or unwritable run dir before anything runs
         elif self.worker_run_dir is None:
             check_writable(self.run_root, f"run.root={self.cfg.run.root}")  # made at the first sample
+
+    @property
+    def identity(self) -> dict:
+        """What decides this run's timings (see :mod:`pytest_dsocr.report.compatibility`): the
+        resolved config, torch/transformers, the device and the weights; stored in metrics.json."""
+        if self._identity is None:
+            env = collect_env(resolve_device(self.cfg.model.device))
+            self._identity = run_identity(self.config_dict, env, weights_identity(self.cfg.model))
+        return self._identity
 
     # -- the run dir ----------------------------------------------------------------------
 
@@ -158,7 +180,8 @@ class DsocrState:
             counts = {"warmup_rounds": self.cfg.infer.warmup_rounds, "rounds": self.cfg.infer.rounds,
                       "samples": len(self.samples)}
             self._collector = Collector(lambda: self.run_dir, self.config_dict, env, memory, counts,
-                                        worker=self.worker, tree=stage_tree(self.cfg.model.family))
+                                        worker=self.worker, tree=stage_tree(self.cfg.model.family),
+                                        identity=self.identity)
             self._collector.sample_sections["dataset"] = self._dataset.section()
             hook = self.pytest_config.hook.pytest_dsocr_update_metrics
             self._collector.json_hooks.append(lambda metrics: hook(config=self.pytest_config, metrics=metrics))
@@ -255,9 +278,10 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
     if state.worker is not None or not state.baseline:
         return  # a worker: the controller gates and reports the merged run
     try:
-        result = run_gate(metrics, state.baseline, state.max_regression,
+        result = run_gate(metrics, state.baseline_data, state.max_regression,
                           per_stage=dict(state.cfg.gate.per_stage), force=state.baseline_force,
-                          run_dir=state.run_dir)
+                          run_dir=state.run_dir, inconclusive=state.gate_inconclusive,
+                          min_pages=state.cfg.gate.min_pages, differences=state.baseline_differences)
     except DsocrError as exc:
         state.gate_error = str(exc)
         session.exitstatus = pytest.ExitCode.USAGE_ERROR

@@ -18,10 +18,8 @@ from pytest_dsocr.report.compatibility import (
     Difference,
     check_compatibility,
     compatibility_differences,
-    file_fingerprint,
     identity_from_metrics,
     run_identity,
-    weights_identity,
 )
 from pytest_dsocr.report.gate import REGRESSION_FILE, compare_runs, run_gate
 from pytest_dsocr.report.metrics import write_metrics
@@ -44,7 +42,11 @@ def identity(config, env=ENV, weights=None, **changes):
         for key in parents:
             node = node[key]
         node[leaf] = value
-    return run_identity(changed, env, weights if weights is not None else weights_identity(changed["model"]))
+    model = changed["model"]
+    kind = "checkpoint" if model.get("path") else model["weights"]
+    default = {"kind": kind, "seed": model["seed"] if kind == "random" else None, "path": model.get("path"),
+               "index_sha256": None if kind == "random" else "0" * 64}
+    return run_identity(changed, env, weights if weights is not None else default)
 
 
 def keys(differences):
@@ -56,7 +58,7 @@ def test_identity_holds_config_versions_device_and_weights(config):
     assert found["config"] == config and found["config"] is not config  # a copy: later edits do not leak in
     assert found["software"] == {"torch": "2.13.0", "transformers": "5.23.0"}
     assert found["device"] == {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
-    assert found["weights"] == {"source": "random", "seed": 0}
+    assert found["weights"]["kind"] == config["model"]["weights"] == "bundled"
     assert "argv" not in str(found) and "git_commit" not in str(found)  # what cannot change a timing stays out
 
 
@@ -94,9 +96,9 @@ def test_random_vs_real_weights_differ_in_path_and_weights(config, tmp_path: Pat
     (checkpoint / "model.safetensors").write_bytes(b"weights")
     differences = compatibility_differences(identity(config), identity(config, model__path=str(checkpoint)))
     assert "config.model.path" in keys(differences)
-    assert "weights.source" in keys(differences)
-    source = next(d for d in differences if d.key == "weights.source")
-    assert (source.baseline, source.current) == ("random", "checkpoint")
+    assert "weights.kind" in keys(differences)
+    kind = next(d for d in differences if d.key == "weights.kind")
+    assert (kind.baseline, kind.current) == ("bundled", "checkpoint")
 
 
 @pytest.mark.parametrize(
@@ -152,7 +154,7 @@ def test_a_key_only_one_identity_has_is_a_difference(config):
 def test_unknown_weights_are_not_compared(config):
     unknown = run_identity(config, ENV, None)
     assert unknown["weights"] is None
-    assert compatibility_differences(identity(config, weights={"source": "checkpoint", "path": "/x"}), unknown) == []
+    assert compatibility_differences(identity(config, weights={"kind": "checkpoint", "path": "/x"}), unknown) == []
 
 
 def test_older_metrics_are_read_from_config_and_env(config):
@@ -162,7 +164,7 @@ def test_older_metrics_are_read_from_config_and_env(config):
     del legacy_config["infer"]["decode_backend"]  # recorded before the key existed
     legacy = {"config": legacy_config, "env": {k: v for k, v in ENV.items() if k != "transformers"}}
     rebuilt = identity_from_metrics(legacy)
-    assert rebuilt["version"] == 0 and rebuilt["weights"] == {"source": "random", "seed": 0}
+    assert rebuilt["version"] == 0 and rebuilt["weights"] == {"kind": "bundled"}
     assert compatibility_differences(rebuilt, identity(config)) == []
     legacy["config"]["infer"]["temperature"] = 0.5
     legacy["env"]["torch"] = "2.11.0"
@@ -187,33 +189,6 @@ def test_check_compatibility_raises_naming_every_key_unless_forced(config):
     assert "--dsocr-baseline-force" in message
     assert keys(check_compatibility(base, current, force=True)) == ["config.infer.temperature",
                                                                      "config.infer.decode_backend"]
-
-
-def test_weights_identity_of_a_checkpoint(tmp_path: Path, monkeypatch):
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"a": 1}', encoding="utf-8")
-    (folder / "model-00001.safetensors").write_bytes(b"\x00" * 4096)
-    (folder / "README.md").write_text("not part of the weights", encoding="utf-8")
-    first = weights_identity({"path": str(folder), "seed": 0})
-    assert first["source"] == "checkpoint" and set(first["files"]) == {"config.json", "model-00001.safetensors"}
-    (folder / "model-00001.safetensors").write_bytes(b"\x00" * 4095 + b"\x01")  # same size, other weights
-    second = weights_identity({"path": str(folder), "seed": 0})
-    assert second["files"]["model-00001.safetensors"] != first["files"]["model-00001.safetensors"]
-    with pytest.raises(DsocrError, match="model.path=.*missing"):
-        weights_identity({"path": str(tmp_path / "missing")})
-
-
-def test_large_files_are_fingerprinted_by_chunks(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(compatibility, "FULL_HASH_LIMIT", 64)
-    monkeypatch.setattr(compatibility, "FINGERPRINT_CHUNK", 16)
-    path = tmp_path / "big.safetensors"
-    data = bytearray(range(256)) * 4
-    path.write_bytes(bytes(data))
-    before = file_fingerprint(path)
-    data[len(data) // 2] ^= 1  # inside the middle chunk
-    path.write_bytes(bytes(data))
-    assert file_fingerprint(path) != before and file_fingerprint(path).startswith("1024:")
 
 
 # --- through the gate ------------------------------------------------------------------------

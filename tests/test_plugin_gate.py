@@ -72,11 +72,27 @@ def test_a_faster_run_passes_the_gate(stage_dir, baseline_run, tmp_path):
 def test_a_baseline_of_another_model_is_refused(stage_dir, baseline_run, tmp_path):
     other = json.loads(json.dumps(baseline_run))
     other["config"]["model"]["size"] = "full"
+    other["identity"]["config"]["model"]["size"] = "full"
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(other))
     result = stage_dir.runpytest(*QUICK, "--dsocr-run-dir", str(tmp_path / "run"), "--dsocr-baseline", str(baseline))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines(["*regression gate:*size*"])
+    # refused before any model is built or any page measured: no run dir at all
+    result.stderr.fnmatch_lines(["*pytest-dsocr: baseline is not comparable*config.model.size (full vs tiny)*"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_forced_baseline_records_its_differences(stage_dir, baseline_run, tmp_path):
+    other = json.loads(json.dumps(baseline_run))
+    other["identity"]["config"]["infer"]["temperature"] = 0.5
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(other))
+    run_dir = tmp_path / "run"
+    result = stage_dir.runpytest(*QUICK, "--dsocr-run-dir", str(run_dir), "--dsocr-baseline", str(baseline),
+                                 "--dsocr-baseline-force", "--dsocr-gate-inconclusive", "warn")
+    result.assert_outcomes(passed=6)
+    text = (run_dir / "regression.md").read_text()
+    assert "- `config.infer.temperature`: `0.5` (baseline) vs `0.0` (current)" in text
 
 
 def test_metrics_hook_adds_fields(stage_dir, tmp_path):

@@ -34,7 +34,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace):
     """(config, adapter, policy, sample) for the arguments."""
-    cfg = load_config(overrides=[f"model.size={args.size}", f"model.device={args.device}",
+    # Random weights, as the --size help says: fixed-length timing runs, not stopped by a trained EOS.
+    cfg = load_config(overrides=[f"model.size={args.size}", "model.weights=random", f"model.device={args.device}",
                                  f"model.dtype={args.dtype}", *args.set])
     device = resolve_device(cfg.model.device)
     adapter = build_adapter(cfg, device, resolve_dtype(cfg.model.dtype, device))

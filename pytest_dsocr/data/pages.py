@@ -5,7 +5,12 @@ drawn with Pillow's built-in font so that it works offline. The sizes are chosen
 vendor's default crop grids (base 1024, crops of 640, 2..9 tiles by closest aspect ratio)
 differ from page to page, including one page small enough (<= 640 px) to get no crops.
 
-The PNGs ship inside the package (``pytest_dsocr/data/pages/``); regenerate them with
+The drawing records every block it draws (label, pixel box, text), so each page comes with its
+ground truth: what DeepSeek-OCR should answer to the grounding prompt, in the vendor's markup
+(:mod:`pytest_dsocr.data.groundtruth`), written beside the PNG as ``page_NNN.mmd``.
+
+The PNGs and ``.mmd`` files ship inside the package (``pytest_dsocr/data/pages/``); regenerate
+them with
 
     python -m pytest_dsocr.data.pages [OUT_DIR]
 
@@ -23,6 +28,9 @@ from pathlib import Path
 import PIL
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
+
+from pytest_dsocr.data import groundtruth
+from pytest_dsocr.data.groundtruth import Block
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 SOFTWARE_TAG = f"pytest-dsocr pages.py (Pillow {PIL.__version__})"
@@ -70,6 +78,19 @@ PAGE_SPECS = (
 )
 
 
+@dataclass(frozen=True)
+class DrawnPage:
+    """A rendered page and the blocks drawn on it, in reading order."""
+
+    image: Image.Image
+    blocks: tuple[Block, ...]
+
+    @property
+    def markup(self) -> str:
+        """The page's ground truth in the vendor's grounding markup."""
+        return groundtruth.page_markup(list(self.blocks), self.image.width, self.image.height)
+
+
 def bundled_pages() -> list[Path]:
     """The shipped page PNGs, sorted by name."""
     return sorted(PAGES_DIR.glob("page_*.png"))
@@ -98,6 +119,7 @@ class _Flow:
         self.unit = max(11, min(spec.width, spec.height) // 55)  # body font size
         self.body = load_font(self.unit)
         self.gap = self.unit
+        self.blocks: list[Block] = []  # what was drawn, for the ground truth
 
     @property
     def width(self) -> int:
@@ -106,10 +128,11 @@ class _Flow:
     def fits(self, height: int) -> bool:
         return self.y + height <= self.bottom
 
-    def heading(self, text: str, scale: float) -> None:
+    def heading(self, text: str, scale: float, label: str = groundtruth.SUB_TITLE) -> None:
         font = load_font(int(self.unit * scale))
         box = self.draw.textbbox((self.left, self.y), text, font=font)
         self.draw.text((self.left, self.y), text, font=font, fill=INK)
+        self.blocks.append(Block(label, box, groundtruth.heading(label, text)))
         self.y = box[3] + self.gap
 
     def paragraph(self, words: int) -> None:
@@ -117,11 +140,16 @@ class _Flow:
         line_height = int(self.unit * 1.4)
         if not self.fits(line_height):
             return
+        drawn, boxes = [], []
         for line in lines:
             if not self.fits(line_height):
                 break
             self.draw.text((self.left, self.y), line, font=self.body, fill=INK)
+            boxes.append(self.draw.textbbox((self.left, self.y), line, font=self.body))
+            drawn.append(line)
             self.y += line_height
+        # The vendor writes a wrapped paragraph as one line; lines cut off by the page are not read.
+        self.blocks.append(Block(groundtruth.TEXT, _union(boxes), " ".join(drawn)))
         self.y += self.gap
 
     def _wrap(self, words: list[str]) -> list[str]:
@@ -153,7 +181,9 @@ class _Flow:
             x = x0 + c * col_width
             self.draw.line([x, y0, x, y1], fill=RULE, width=1)
         pad = max(3, self.unit // 3)
+        cells: list[list[str]] = []
         for r in range(rows):
+            cells.append([])
             for c in range(cols):
                 if r == 0:
                     text = "Item" if c == 0 else f"Col {c}"
@@ -163,8 +193,11 @@ class _Flow:
                     text = f"{self.rng.uniform(0, 999):.1f}"
                 self.draw.text((x0 + c * col_width + pad, y0 + r * row_height + pad), text,
                                font=self.body, fill=INK)
+                cells[-1].append(text)
+        self.blocks.append(Block(groundtruth.TABLE, (x0, y0, x1, y1), groundtruth.html_table(cells)))
         self.y = y1 + self.gap
-        self.caption(f"Table {self.rng.randint(1, 9)}: {' '.join(self.rng.sample(WORDS, 4))}.")
+        caption = f"Table {self.rng.randint(1, 9)}: {' '.join(self.rng.sample(WORDS, 4))}."
+        self.caption(caption, groundtruth.TABLE_CAPTION, caption)
 
     def figure(self, height_fraction: float, number: int) -> None:
         height = int((self.bottom - self.top) * height_fraction)
@@ -179,21 +212,33 @@ class _Flow:
             bx = x0 + slot // 2 + i * slot + slot // 4
             self.draw.rectangle([bx, y1 - self.gap - bar_height, bx + slot // 2, y1 - self.gap],
                                 fill=FILL, outline=RULE)
+        self.blocks.append(Block(groundtruth.IMAGE, (x0, y0, x1, y1), ""))
         self.y = y1 + self.gap // 2
-        self.caption(f"Figure {number}: {' '.join(self.rng.sample(WORDS, 5))}.")
+        caption = f"Figure {number}: {' '.join(self.rng.sample(WORDS, 5))}."
+        self.caption(caption, groundtruth.IMAGE_CAPTION, groundtruth.centered(caption))
 
-    def caption(self, text: str) -> None:
+    def caption(self, text: str, label: str, content: str) -> None:
         font = load_font(max(9, int(self.unit * 0.85)))
         self.draw.text((self.left, self.y), text, font=font, fill=RULE - 40)
+        self.blocks.append(Block(label, self.draw.textbbox((self.left, self.y), text, font=font), content))
         self.y += int(self.unit * 1.3) + self.gap
+
+
+def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 def render_page(spec: PageSpec, number: int) -> Image.Image:
     """Draw one page; the same spec and number always give the same page."""
+    return draw_page(spec, number).image
+
+
+def draw_page(spec: PageSpec, number: int) -> DrawnPage:
+    """Draw one page and record its blocks (the page number, page furniture, is not a block)."""
     image = Image.new("L", (spec.width, spec.height), PAPER)
     draw = ImageDraw.Draw(image)
     flow = _Flow(draw, spec, random.Random(number))
-    flow.heading(TITLES[(number - 1) % len(TITLES)], 2.0)
+    flow.heading(TITLES[(number - 1) % len(TITLES)], 2.0, groundtruth.TITLE)
     if spec.kind == "receipt":
         flow.paragraph(12)
         flow.table(rows=14, cols=2)
@@ -221,18 +266,25 @@ def render_page(spec: PageSpec, number: int) -> Image.Image:
     width = draw.textlength(label, font=footer)
     draw.text(((spec.width - width) / 2, spec.height - flow.margin // 2 - flow.unit), label,
               font=footer, fill=INK)
-    return image
+    return DrawnPage(image, tuple(flow.blocks))
+
+
+def drawn_pages() -> list[DrawnPage]:
+    """Every page of PAGE_SPECS with its blocks, in order."""
+    return [draw_page(spec, number) for number, spec in enumerate(PAGE_SPECS, start=1)]
 
 
 def write_pages(out_dir: Path) -> list[Path]:
-    """Render every page of PAGE_SPECS into ``out_dir`` as small greyscale PNGs."""
+    """Render every page of PAGE_SPECS into ``out_dir`` as small greyscale PNGs, each with its
+    ground truth beside it (``.mmd``, UTF-8, the vendor's grounding markup)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("Software", SOFTWARE_TAG)
     paths = []
-    for number, spec in enumerate(PAGE_SPECS, start=1):
+    for spec, page in zip(PAGE_SPECS, drawn_pages()):
         path = out_dir / f"{spec.name}.png"
-        render_page(spec, number).save(path, format="PNG", optimize=True, pnginfo=info)
+        page.image.save(path, format="PNG", optimize=True, pnginfo=info)
+        groundtruth.truth_path(path).write_text(page.markup, encoding="utf-8")
         paths.append(path)
     return paths
 
@@ -245,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args[0]) if args else PAGES_DIR
     for path in write_pages(out_dir):
         print(path)
+        print(groundtruth.truth_path(path))
     return 0
 
 

@@ -3,7 +3,8 @@
 ``deepseek_ocr`` (v1, our own module) and ``deepseek_ocr2`` (v2, transformers' native model);
 each family keeps its sizes in its own ``spec.py`` and its builder in its ``modeling.py``, named
 by its entry in :mod:`pytest_dsocr.families`. No code path reaches a model hub: weights come
-from a local folder or from a seeded random init.
+from a local folder or from a seeded random init; :mod:`pytest_dsocr.models.weights` decides
+which for a run's ``model`` config (``model.path``, the bundled tiny checkpoints, or random).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import torch
 
 from pytest_dsocr import families
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.models.weights import resolve_weights, weights_identity
+
+__all__ = ["build_model", "resolve_device", "resolve_dtype", "resolve_weights", "weights_identity"]
 
 log = logging.getLogger(__name__)
 

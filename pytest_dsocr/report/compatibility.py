@@ -8,6 +8,7 @@ seed, or a checkpoint's files). It is computed before any model is built
 else before spending any time:
 
     identity = run_identity(to_container(cfg), collect_env(device), weights_identity(cfg.model))
+    # weights_identity: pytest_dsocr.models.weights (kind, seed, path, index_sha256)
     metrics["identity"] = identity                              # build_metrics(sections=...)
     differences = compatibility_differences(identity_from_metrics(baseline), identity)
 
@@ -21,11 +22,8 @@ that such an older file does not record are unknown rather than different.
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pytest_dsocr.errors import DsocrError
@@ -49,12 +47,6 @@ ALLOWLIST: tuple[str, ...] = (
     "config.model.device",  # what was asked for ("auto", "cuda:1"); the resolved device is compared instead
 )
 WEIGHTS = "weights"
-# Checkpoint files that make up the weights' identity.
-WEIGHT_FILE_PATTERNS = ("config.json", "*.safetensors")
-# Files up to this size are hashed whole; larger ones by their size and three chunks (start,
-# middle, end), so a multi-GB checkpoint is identified in milliseconds, not minutes.
-FULL_HASH_LIMIT = 64 * 2**20
-FINGERPRINT_CHUNK = 2**20
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,7 @@ def run_identity(config: Mapping[str, Any], env: Mapping[str, Any], weights: Map
 
     ``config`` is the full resolved config (plain data), ``env`` the ``env`` section
     (``pytest_dsocr.env.collect_env``: ``torch``, ``transformers``, ``device``,
-    ``device_name``), ``weights`` what :func:`weights_identity` returns, or None when the caller
+    ``device_name``), ``weights`` what ``pytest_dsocr.models.weights.weights_identity`` returns, or None when the caller
     cannot say (then the weights are not compared). Values the env lacks are left out.
     """
     software = {key: env[key] for key in ("torch", "transformers") if env.get(key) is not None}
@@ -95,53 +87,12 @@ def run_identity(config: Mapping[str, Any], env: Mapping[str, Any], weights: Map
     }
 
 
-def weights_identity(model: Mapping[str, Any]) -> dict:
-    """What weights the model of ``model`` (the ``model`` config section) runs with.
-
-    Random weights: ``{"source": "random", "seed": ...}``. A checkpoint (``model.path``, a folder
-    or a file): ``{"source": "checkpoint", "path": ..., "files": {name: "bytes:sha256"}}`` over
-    config.json and the safetensors files; large files are hashed by their size and three 1 MiB
-    chunks (see :data:`FULL_HASH_LIMIT`). A missing path is a DsocrError naming ``model.path``.
-    """
-    path = model.get("path")
-    if path is None:
-        return {"source": "random", "seed": model.get("seed")}
-    where = Path(str(path)).expanduser()
-    if where.is_file():
-        files = [where]
-    elif where.is_dir():
-        files = sorted({f for pattern in WEIGHT_FILE_PATTERNS for f in where.glob(pattern) if f.is_file()})
-    else:
-        raise DsocrError(f"model.path={path}: no such file or directory (give a local checkpoint)")
-    return {
-        "source": "checkpoint",
-        "path": str(where.resolve()),
-        "files": {f.name: file_fingerprint(f) for f in files},
-    }
-
-
-def file_fingerprint(path: str | os.PathLike[str]) -> str:
-    """``"<bytes>:<sha256>"`` of a file: of all of it up to :data:`FULL_HASH_LIMIT`, else of
-    its first, middle and last :data:`FINGERPRINT_CHUNK` bytes."""
-    size = os.path.getsize(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: handle.read(FINGERPRINT_CHUNK), b""):
-                digest.update(block)
-        else:
-            for offset in (0, size // 2, size - FINGERPRINT_CHUNK):
-                handle.seek(offset)
-                digest.update(handle.read(FINGERPRINT_CHUNK))
-    return f"{size}:{digest.hexdigest()}"
-
-
 def identity_from_metrics(metrics: Mapping[str, Any]) -> dict:
     """The identity stored in a metrics dict, or one rebuilt from its ``config`` and ``env``
     sections for a metrics.json written before identities were recorded.
 
     A rebuilt identity has ``version`` 0; its weights are what the config declares (random with
-    ``model.seed``, or the ``model.path`` checkpoint, without file hashes).
+    ``model.seed``, or the ``model.path`` checkpoint, without its index hash, which is then unknown).
     """
     stored = metrics.get(IDENTITY_KEY)
     if isinstance(stored, Mapping):
@@ -149,10 +100,13 @@ def identity_from_metrics(metrics: Mapping[str, Any]) -> dict:
     config = metrics.get("config") if isinstance(metrics.get("config"), Mapping) else {}
     env = metrics.get("env") if isinstance(metrics.get("env"), Mapping) else {}
     model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
+    kind = model.get("weights", "random")  # before model.weights existed the tiny build was random
     if model.get("path") is not None:
-        weights: dict[str, Any] | None = {"source": "checkpoint", "path": str(model["path"])}
-    elif "seed" in model:
-        weights = {"source": "random", "seed": model["seed"]}
+        weights: dict[str, Any] | None = {"kind": "checkpoint", "path": str(model["path"])}
+    elif kind == "random" and "seed" in model:
+        weights = {"kind": "random", "seed": model["seed"]}
+    elif kind != "random":
+        weights = {"kind": kind}
     else:
         weights = None
     identity = run_identity(config, env, weights)

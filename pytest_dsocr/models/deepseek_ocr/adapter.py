@@ -21,6 +21,7 @@ from pytest_dsocr.models.deepseek_ocr.device_processing import prepare_inputs_on
 from pytest_dsocr.models.deepseek_ocr.processing import PreparedInputs, prepare_inputs
 from pytest_dsocr.models.deepseek_ocr.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr.tokenizer import load_tokenizer
+from pytest_dsocr.models.weights import resolve_weights
 
 
 FAMILY = "deepseek_ocr"
@@ -41,9 +42,10 @@ class DeepseekOCRAdapter(DecodeSteps):
         self.image_size = model_cfg.image_size
         self.crop_mode = model_cfg.crop_mode
         self.max_crops = model_cfg.max_crops
+        self.weights = resolve_weights(model_cfg)  # bundled, random or a checkpoint folder
         self.model = build_model("deepseek_ocr", model_cfg.size, device=str(device), dtype=dtype,
-                                 path=model_cfg.path, seed=model_cfg.seed)
-        self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
+                                 path=self.weights.path, seed=model_cfg.seed)
+        self.tokenizer = load_tokenizer(self.weights.path, self.spec)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
         self.init_decode_backend(decode_backend)
@@ -78,6 +80,10 @@ class DeepseekOCRAdapter(DecodeSteps):
 
     def prompt_embeds(self, prepared: PreparedInputs, image_embeds) -> torch.Tensor:
         """The prompt's token embeddings with the image rows in place: [1, L, D]."""
+        return self.model.model.merge_image_embeddings(prepared.input_ids, image_embeds, prepared.images_seq_mask)
+
+    def prompt_embeds(self, prepared: PreparedInputs, image_embeds) -> torch.Tensor:
+        """The prompt's input embeddings [1, L, D]: token embeddings with the image features in place."""
         return self.model.model.merge_image_embeddings(prepared.input_ids, image_embeds, prepared.images_seq_mask)
 
     def prefill(self, prepared: PreparedInputs, image_embeds) -> tuple[torch.Tensor, DynamicCache]:

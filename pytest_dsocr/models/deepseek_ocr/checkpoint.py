@@ -328,14 +328,24 @@ def vendor_config(spec: DeepseekOCRSpec) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, shards: int = 1) -> list[Path]:
-    """Write ``model`` as a vendor-style checkpoint folder (config.json + safetensors shards)."""
+def save_checkpoint(model: nn.Module, path: str | Path, shards: int = 1,
+                    dtype: torch.dtype | None = None) -> list[Path]:
+    """Write ``model`` as a vendor-style checkpoint folder (config.json + safetensors shards).
+
+    ``dtype`` casts every tensor on the way out (the published checkpoint is bfloat16); None
+    keeps the parameters' own dtype.
+    """
     from safetensors.torch import save_file
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps(vendor_config(model.config.spec), indent=1))
+    config = vendor_config(model.config.spec)
+    if dtype is not None:
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     tensors = export_state_dict(model)
+    if dtype is not None:
+        tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
     names = list(tensors)
     per_shard = -(-len(names) // shards)
     files = []

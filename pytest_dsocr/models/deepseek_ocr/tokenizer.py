@@ -1,9 +1,11 @@
 """Tokenizers for DeepSeek-OCR v1: the checkpoint's own files, or one built offline.
 
 The offline tokenizer stands in for the checkpoint's when no ``model.path`` is given. It is a
-byte-level BPE without merges (every UTF-8 text round-trips, one token per byte) that keeps the
-ids the model and the vendor code depend on, and names every other id so that any id the model
-can emit decodes. Id layout (``I`` = ``spec.image_token_id``):
+byte-level BPE (every UTF-8 text round-trips) that keeps the ids the model and the vendor code
+depend on, spends spare ids on merges learned from the bundled pages' ground truth
+(:mod:`pytest_dsocr.models.deepseek_ocr.merges`: a bundled page costs a few hundred tokens
+instead of one per byte), and names every other id so that any id the model can emit decodes.
+Id layout (``I`` = ``spec.image_token_id``):
 
 - 0, 1, 2: ``<｜begin▁of▁sentence｜>``, ``<｜end▁of▁sentence｜>``, ``<｜▁pad▁｜>`` (special)
 - 3 .. 258: the 256 byte tokens, byte ``b`` at ``3 + b``
@@ -13,6 +15,9 @@ can emit decodes. Id layout (``I`` = ``spec.image_token_id``):
   ``<td>``/``</td>`` as 128821/128822, and its commented token list puts ``<tr>``/``</tr>`` next.
   They are added tokens (one id each) but not special, so they survive
   ``skip_special_tokens=True`` like the vendor's markup does.
+- the merges, in their learned order, on the free ids from 259 up (skipping ``I .. I+9``): as
+  many as the vocabulary has room for (all of them for ``tiny`` and ``full``). Both sizes get the
+  same merges so a text costs the same tokens whichever offline tokenizer reads it.
 - every other id: a filler ``<filler_ID>`` that encoding never produces and decoding prints.
 """
 
@@ -25,6 +30,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.models.deepseek_ocr.merges import byte_alphabet, load_merges
 from pytest_dsocr.models.deepseek_ocr.prompt import IMAGE_TOKEN
 from pytest_dsocr.models.deepseek_ocr.spec import DeepseekOCRSpec
 
@@ -39,29 +45,14 @@ MARKUP_TOKENS = (
     "<td>", "</td>", "<tr>", "</tr>",
 )
 FILLER_TEMPLATE = "<filler_{}>"
+# Tokens matched before the BPE model runs: merges never span them.
+SPLIT_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, *MARKUP_TOKENS)
 # What a checkpoint folder must hold for a fast tokenizer with the vendor's special tokens.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte-level alphabet: printable bytes map to themselves, the rest to unused code points.
-
-    This is the mapping ``tokenizers``' ByteLevel pre-tokenizer and decoder use, so a vocab
-    written in it decodes back to the original bytes.
-    """
-    printable = [
-        *range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)
-    ]
-    mapping = {b: chr(b) for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shift)
-            shift += 1
-    return mapping
-
-
-def _vocab(spec: DeepseekOCRSpec) -> dict[str, int]:
+def _vocab(spec: DeepseekOCRSpec, merges: tuple[tuple[str, str], ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary of ``spec`` and the merges that fit in it (in order, on the free ids)."""
     vocab_size, image_id = spec.text.vocab_size, spec.image_token_id
     first_free = BYTE_TOKEN_OFFSET + 256
     if not first_free <= image_id <= vocab_size - len(MARKUP_TOKENS):
@@ -75,11 +66,27 @@ def _vocab(spec: DeepseekOCRSpec) -> dict[str, int]:
             f"spec {spec.name!r}: bos/eos ids {spec.bos_token_id}/{spec.eos_token_id} must be 0/1 "
             f"(id {PAD_TOKEN_ID} is the pad token)"
         )
-    vocab.update({char: BYTE_TOKEN_OFFSET + b for b, char in _bytes_to_unicode().items()})
+    vocab.update({char: BYTE_TOKEN_OFFSET + b for b, char in byte_alphabet().items()})
     vocab.update({token: image_id + i for i, token in enumerate(MARKUP_TOKENS)})
     taken = set(vocab.values())
+    free = iter([i for i in range(vocab_size) if i not in taken])
+    merged_tokens: set[str] = set()
+    used: list[tuple[str, str]] = []
+    for left, right in merges:
+        merged = left + right
+        if left not in vocab or right not in vocab or (merged in vocab and merged not in merged_tokens):
+            raise DsocrError(f"tokenizer merges: ({left!r}, {right!r}) does not build a token from known ones; "
+                             "regenerate them with python -m pytest_dsocr.models.deepseek_ocr.merges")
+        if merged not in vocab:  # two pairs may build the same token (other splits of it): one id
+            token_id = next(free, None)
+            if token_id is None:
+                break  # the vocabulary is full: the later merges stay unused
+            vocab[merged] = token_id
+            merged_tokens.add(merged)
+        used.append((left, right))
+    taken = set(vocab.values())
     vocab.update({FILLER_TEMPLATE.format(i): i for i in range(vocab_size) if i not in taken})
-    return vocab
+    return vocab, used
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,8 +95,10 @@ def build_offline_tokenizer(spec: DeepseekOCRSpec) -> PreTrainedTokenizerFast:
 
     Builds in about 0.3 s for the full vocab of 129,280 ids, offline.
     """
-    backend = Tokenizer(models.BPE(vocab=_vocab(spec), merges=[]))
-    # No merges: the regex split would change nothing, every byte is its own token anyway.
+    vocab, merges = _vocab(spec, load_merges())
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    # No regex split: the merges were learned over whole segments between markup tokens and may
+    # span spaces (see merges.py); the byte-level mapping alone is applied.
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(

@@ -30,6 +30,7 @@ from pytest_dsocr.models.deepseek_ocr2.processing import (
 from pytest_dsocr.families import FAMILIES
 from pytest_dsocr.models.deepseek_ocr2.spec import SPECS
 from pytest_dsocr.models.deepseek_ocr2.tokenizer import load_tokenizer
+from pytest_dsocr.models.weights import resolve_weights
 
 FAMILY = "deepseek_ocr2"
 SUBSTAGES = FAMILIES[FAMILY].stages.vision_parts  # sam, encoder, projector
@@ -48,9 +49,10 @@ class DeepseekOCR2Adapter(DecodeSteps):
         self.prompt = prompt
         self.views = ViewSettings.from_model_config(model_cfg.base_size, model_cfg.image_size,
                                                     model_cfg.crop_mode, model_cfg.max_crops)
+        self.weights = resolve_weights(model_cfg)  # bundled, random or a checkpoint folder
         self.model = build_model(FAMILY, model_cfg.size, device=str(device), dtype=dtype,
-                                 path=model_cfg.path, seed=model_cfg.seed)
-        self.tokenizer = load_tokenizer(model_cfg.path, self.spec)
+                                 path=self.weights.path, seed=model_cfg.seed)
+        self.tokenizer = load_tokenizer(self.weights.path, self.spec)
         self.processor = build_processor(self.tokenizer, self.spec, self.views)
         self.max_positions = self.spec.text.max_position_embeddings
         self.eos_token_id = self.spec.eos_token_id
