@@ -44,6 +44,16 @@ def test_samples_are_the_bundled_pages(tmp_path):
     images = discover_images(DatasetConfig(name="samples"))
     assert names(images) == [f"{spec.name}.png" for spec in pages.PAGE_SPECS]
     assert all(p.is_absolute() and p.is_file() for p in images)
+    assert scan_dataset(DatasetConfig(name="samples")).skipped == ()  # each page's .mmd is its ground truth
+
+
+def test_ground_truth_beside_an_image_is_not_a_skipped_entry(tmp_path):
+    root = tmp_path / "imgs"
+    touch_image(root / "a.png")
+    (root / "a.mmd").write_text("# A")
+    (root / "orphan.mmd").write_text("# no image")
+    scan = scan_dataset(DatasetConfig(name="folder", root=str(root)))
+    assert [(entry.path, entry.reason) for entry in scan.skipped] == [("orphan.mmd", NO_PATTERN)]
 
 
 def test_a_root_without_a_folder_dataset_is_an_error_not_ignored(tmp_path):

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dsocr.data.config import DEFAULT_PATTERNS, DatasetConfig, validate_dataset_config
+from pytest_dsocr.data.groundtruth import TRUTH_SUFFIX
 from pytest_dsocr.data.pages import PAGES_DIR
 from pytest_dsocr.errors import DsocrError
 
@@ -211,6 +212,9 @@ def _match_files(image_dir: Path, patterns: list[str], recursive: bool) -> tuple
             else:
                 found.append(path)
     found.sort(key=lambda p: p.relative_to(image_dir).as_posix())
+    # page_001.mmd beside page_001.png is that page's ground truth, read with it: not passed over
+    truths = {path.with_suffix(TRUTH_SUFFIX).relative_to(image_dir).as_posix() for path in found}
+    skipped = [entry for entry in skipped if not (entry.reason == NO_PATTERN and entry.path in truths)]
     skipped.sort(key=lambda entry: entry.path)
     return [Path(os.path.abspath(p)) for p in found], skipped
 
