@@ -23,6 +23,32 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class SampleAccuracy:
+    """How one measured run read its page against the dataset's ground truth (see
+    :func:`pytest_dsocr.outputs.accuracy.sample_accuracy`): the text's normalized edit distance
+    (0 a perfect read, 1 nothing in common), whether the output equals the truth's markup, and
+    the layout boxes: predicted, true, matched one-to-one by IoU, and the matches' mean IoU."""
+
+    edit_distance: float
+    raw_edit_distance: float  # before OmniDocBench's normalization
+    exact: bool
+    predicted_boxes: int
+    truth_boxes: int
+    matched_boxes: int
+    mean_iou: float | None  # None without a matched box
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> SampleAccuracy | None:
+        """The accuracy :meth:`to_json` wrote, or None for a record without one (no ground truth)."""
+        if not data:
+            return None
+        return cls(**{key: value for key, value in data.items() if key in _ACCURACY_FIELDS})
+
+
+@dataclass(frozen=True)
 class ImageRun:
     """Timings and output of one inference of one image (one measured round).
 
@@ -58,6 +84,7 @@ class ImageRun:
     token_ids: tuple[int, ...] = ()  # generated ids, for parity checks
     batch_size: int = 1  # pages inferred together (infer.batch_size); stage times are the batch's
     batch_wall_ms: float | None = None  # the whole batch's wall time (pages/s = batch_size / this)
+    accuracy: SampleAccuracy | None = None  # against the page's ground truth; None: the dataset has none
 
     @property
     def busy_ms(self) -> float:
@@ -96,6 +123,7 @@ class ImageRun:
             "finish_reason": self.finish_reason, "device": self.device, "worker": self.worker,
             "token_ids": list(self.token_ids), "batch_size": self.batch_size, "batch_wall_ms": self.batch_wall_ms,
             "tpot_ms": self.tpot_ms,
+            "accuracy": None if self.accuracy is None else self.accuracy.to_json(),
         }
 
     @classmethod
@@ -105,6 +133,7 @@ class ImageRun:
         values["crop_grid"] = tuple(values.get("crop_grid") or (1, 1))
         values["token_ids"] = tuple(values.get("token_ids") or ())
         values["substage_ms"] = dict(values.get("substage_ms") or {})
+        values["accuracy"] = SampleAccuracy.from_json(values.get("accuracy"))
         return cls(**values)
 
 
@@ -134,5 +163,6 @@ class SampleFailure:
         return cls(**values)
 
 
+_ACCURACY_FIELDS = frozenset(f.name for f in fields(SampleAccuracy))
 _IMAGE_RUN_FIELDS = frozenset(f.name for f in fields(ImageRun))
 _FAILURE_FIELDS = frozenset(f.name for f in fields(SampleFailure))

@@ -7,28 +7,32 @@ loop), outputs for the stage, and records or a failure in the collector.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
 import os
 import statistics
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from pytest_dsocr.collector import Collector
+from pytest_dsocr.data.groundtruth import PageTruth
 from pytest_dsocr.decoding import DecodePolicy, parse_max_new_tokens
 from pytest_dsocr.engine import NO_HOOKS, Engine, ProfilingHooks
 from pytest_dsocr.env import resolve_device
 from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import family
+from pytest_dsocr.outputs.accuracy import sample_accuracy
 from pytest_dsocr.outputs.writers import StageOutputs
 from pytest_dsocr.parity import ENGAGED_MESSAGE
-from pytest_dsocr.records import ImageRun, Sample, SampleFailure
+from pytest_dsocr.records import ImageRun, Sample, SampleAccuracy, SampleFailure
 from pytest_dsocr.xdist import LockedPredictionWriter
 
 log = logging.getLogger(__name__)
@@ -90,12 +94,16 @@ def describe_chain(exc: BaseException) -> tuple[str, ...]:
 class DsocrSession:
     """Loaded once per pytest session (fixture ``dsocr_session``)."""
 
-    def __init__(self, cfg: DictConfig, collector: Collector, samples: Sequence[Sample] = ()) -> None:
+    def __init__(self, cfg: DictConfig, collector: Collector, samples: Sequence[Sample] = (),
+                 truths: Mapping[Path, PageTruth] | None = None) -> None:
         """``samples``: the session's sampled pages, in order; with ``infer.batch_size`` > 1 they
-        run in consecutive chunks of that many pages (a test's page and its neighbours)."""
+        run in consecutive chunks of that many pages (a test's page and its neighbours).
+        ``truths``: the dataset's ground truth by image path (looked up once for the session);
+        a measured page that has one gets its accuracy in its records."""
         self.config = cfg
         self.collector = collector
         self.samples = list(samples)
+        self.truths = dict(truths or {})
         self.batch_size = int(cfg.infer.batch_size)
         self._batched: dict[tuple[str, Sample], list[ImageRun] | Exception] = {}
         self.device = resolve_device(cfg.model.device)  # DsocrError for cuda without CUDA
@@ -224,6 +232,7 @@ class DsocrSession:
             runs = measure()
         except Exception as exc:  # one bad sample must not end the session
             raise failed(exc) from exc
+        runs = self.with_accuracy(sample, runs)  # after the timed rounds: scoring is never timed
         self.collector.add_runs(runs)  # measured: kept even if writing its outputs fails below
         try:
             # The page is loaded again only when a visualization folder is actually written.
@@ -233,6 +242,19 @@ class DsocrSession:
         if benchmark is not None:
             benchmark.extra_info.update(stage_extra_info(runs))
         return runs
+
+
+    def with_accuracy(self, sample: Sample, runs: list[ImageRun]) -> list[ImageRun]:
+        """The runs with their accuracy against the page's ground truth (unchanged without one).
+        Rounds that wrote the same text share one comparison."""
+        truth = self.truths.get(Path(sample.image_path))
+        if truth is None:
+            return runs
+        scored: dict[str, SampleAccuracy] = {}
+        for run in runs:
+            if run.text_raw not in scored:
+                scored[run.text_raw] = sample_accuracy(run.text_raw, truth)
+        return [dataclasses.replace(run, accuracy=scored[run.text_raw]) for run in runs]
 
 
 def stage_extra_info(runs: list[ImageRun]) -> dict:

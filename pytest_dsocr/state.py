@@ -20,6 +20,7 @@ import pytest
 from pytest_dsocr.collector import Collector
 from pytest_dsocr.config import load_config, to_container
 from pytest_dsocr.data.datasets import DatasetScan, scan_dataset
+from pytest_dsocr.data.groundtruth import PageTruth, truth_for_dataset
 from pytest_dsocr.data.sampling import sample_images
 from pytest_dsocr.env import collect_env, peak_memory, resolve_device
 from pytest_dsocr.errors import DsocrError
@@ -158,6 +159,11 @@ class DsocrState:
             self._samples = sample_images(list(self._dataset.images), self.cfg.dataset.sampling)
         return self._samples
 
+    def truths(self) -> dict[Path, PageTruth]:
+        """The dataset's ground truth by image path, looked up once, for the model session: the
+        pages that have one get their accuracy recorded beside their timings."""
+        return truth_for_dataset(self.cfg.dataset, base_dir=Path(self.pytest_config.invocation_params.dir))
+
     @property
     def has_data(self) -> bool:
         """Whether anything was measured or recorded (a collector exists and holds data)."""
@@ -192,7 +198,7 @@ class DsocrState:
         if self._session is None:
             from pytest_dsocr.session import DsocrSession  # loads torch and the model code
 
-            self._session = DsocrSession(self.cfg, self.collector, self.samples)
+            self._session = DsocrSession(self.cfg, self.collector, self.samples, self.truths())
         return self._session
 
     # -- SIGTERM ------------------------------------------------------------------------

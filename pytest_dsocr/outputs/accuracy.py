@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from pytest_dsocr.outputs.markup import parse_markup, remove_special_tokens
+from pytest_dsocr.records import SampleAccuracy
 
 IOU_THRESHOLD = 0.5  # a predicted block matches a true one only above this overlap
 # Labels that name the same kind of block for the agreement check.
@@ -244,4 +245,16 @@ def compare_page(text_raw: str, truth, iou_threshold: float = IOU_THRESHOLD) -> 
         raw_edit_distance=text_edit_distance(pred_text, true_text, normalize=False),
         boxes=match_boxes(predicted, expected, iou_threshold),
         exact=exact,
+    )
+
+
+def sample_accuracy(text_raw: str, truth, iou_threshold: float = IOU_THRESHOLD) -> SampleAccuracy:
+    """What a measured run's record keeps of :func:`compare_page`: the text distances, the exact
+    flag and the box counts with the matches' mean IoU (the pairs themselves are left out)."""
+    page = compare_page(text_raw, truth, iou_threshold)
+    boxes = page.boxes
+    return SampleAccuracy(
+        edit_distance=page.edit_distance, raw_edit_distance=page.raw_edit_distance, exact=page.exact,
+        predicted_boxes=boxes.predicted, truth_boxes=boxes.truth, matched_boxes=boxes.matched,
+        mean_iou=boxes.mean_iou,
     )

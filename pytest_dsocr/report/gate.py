@@ -35,6 +35,21 @@ the same way; the t interval uses the sizes of the changes, and the per-page med
 single slow rounds from dominating it. The calibration compares it with a sign-flip
 permutation test on the same pages (BENCHMARKS.md).
 
+**Accuracy** (when both runs have ground truth for some page, :mod:`pytest_dsocr.report.accuracy`)
+gets a row of its own, named ``accuracy``: the normalized edit distance of each page (its worst
+read), paired over the pages both runs read. It is not a statistical estimate (greedy decoding
+reads a page the same way every round), so no interval and no ``min_pages``:
+
+- **regressed**: a page that read exactly in the baseline no longer does, or the mean edit
+  distance over the paired pages rose by more than the threshold (an absolute difference, 0..1);
+- **improved**: it fell by more than the threshold, and no page lost its exact read;
+- **within threshold**: otherwise; **insufficient samples**: no page has accuracy in both runs
+  (when only one run has accuracy at all, e.g. an older baseline, there is no row, only a note).
+
+Its threshold is ``gate.per_stage.accuracy`` (e.g. ``0.02``: two points of edit distance),
+:data:`DEFAULT_ACCURACY_THRESHOLD` by default; ``--dsocr-max-regression`` (a time ratio) does
+not apply to it. A faster run that reads the pages wrong fails the gate here.
+
 The statistics take per-page values only (:func:`values_by_page`, :func:`judge`); reading
 metrics dicts is confined to :func:`compare_runs`.
 """
@@ -62,14 +77,19 @@ from pytest_dsocr.report.compatibility import (
     identity_from_metrics,
     incompatible_error,
 )
-from pytest_dsocr.records import ImageRun
-from pytest_dsocr.report.markdown import RATIO_DIGITS, fmt, table
+from pytest_dsocr.records import ImageRun, SampleAccuracy
+from pytest_dsocr.report.accuracy import worst_by_page
+from pytest_dsocr.report.markdown import ACCURACY_DIGITS, RATIO_DIGITS, fmt, table
 from pytest_dsocr.report.metrics import METRICS_FILE, sample_metrics
 from pytest_dsocr.report.model import RunMetrics
 from pytest_dsocr.report.ttest import PAIRED, UNPAIRED, RatioInterval, paired_ratio_interval, unpaired_ratio_interval
 from pytest_dsocr.stages import DECODE, LATENCY_METRICS, PREFILL, VISION
 
 DEFAULT_THRESHOLD = 0.10
+ACCURACY = "accuracy"  # the gate row (and gate.per_stage key) of the pages' edit distance
+# A rise of the mean normalized edit distance (absolute, 0..1) that fails the gate when
+# gate.per_stage.accuracy is not set: one point, a few characters of an average page.
+DEFAULT_ACCURACY_THRESHOLD = 0.01
 DEFAULT_ALPHA = 0.05  # the interval is two-sided at 1 - alpha; each verdict's claim holds at 1 - alpha / 2
 DEFAULT_MIN_PAGES = 6
 MIN_PAGES_FLOOR = 2  # a t interval needs a spread, so two pages at the very least
@@ -202,7 +222,7 @@ class GateResult:
         rows = [
             (row.stage, _pages_text(row), fmt(row.baseline), fmt(row.current), _ratio_text(row),
              _verdict_text(row, self.threshold))
-            for row in self.rows
+            for row in self.rows if row.stage != ACCURACY
         ]
         parts = ([f"## {TITLE}", ""] if heading else []) + [self.headline(), ""]
         if rows:
@@ -219,6 +239,9 @@ class GateResult:
             f"below {bound:.{RATIO_DIGITS}f}; inconclusive otherwise. Fewer than {self.min_pages} pages: "
             f"insufficient samples. Only within threshold and improved pass; inconclusive: {self.inconclusive}."
         )
+        accuracy = [row for row in self.rows if row.stage == ACCURACY]
+        if accuracy:
+            parts += ["", _accuracy_markdown(accuracy[0])]
         for note in self.notes:
             parts += ["", f"Note: {note}"]
         if self.differences:
@@ -393,6 +416,41 @@ def judge(
                    pages=interval.pages, **counts)
 
 
+def judge_accuracy(base_pages: Mapping[str, SampleAccuracy], current_pages: Mapping[str, SampleAccuracy],
+                   threshold: float = DEFAULT_ACCURACY_THRESHOLD) -> GateRow:
+    """The accuracy row from page key -> each run's read of the page (see the module doc).
+
+    ``baseline`` and ``current`` are the mean normalized edit distances over the paired pages;
+    ``ratio`` and the interval are None (the change, ``current - baseline``, is the measure).
+    """
+    common = [key for key in current_pages if key in base_pages]
+    counts = dict(stage=ACCURACY, threshold=threshold, n_baseline=len(base_pages), n_current=len(current_pages),
+                  ratio=None, ci_low=None, ci_high=None)
+    if not common:
+        return GateRow(baseline=None, current=None, verdict=INSUFFICIENT, method=None, pages=0,
+                       detail=(f"no page has ground truth in both runs ({len(base_pages)} vs "
+                               f"{len(current_pages)} pages with accuracy)"), **counts)
+    before = statistics.fmean(base_pages[key].edit_distance for key in common)
+    after = statistics.fmean(current_pages[key].edit_distance for key in common)
+    lost = [key.split("#")[0] for key in common if base_pages[key].exact and not current_pages[key].exact]
+    if lost or after - before > threshold:
+        verdict = REGRESSED
+    elif before - after > threshold:
+        verdict = IMPROVED
+    else:
+        verdict = WITHIN_THRESHOLD
+    detail = f"no longer exact: {', '.join(lost)}" if lost else None
+    return GateRow(baseline=before, current=after, verdict=verdict, method=PAIRED, pages=len(common),
+                   detail=detail, **counts)
+
+
+def accuracy_by_page(metrics: Mapping[str, Any]) -> dict[str, SampleAccuracy]:
+    """page key -> the page's worst read in a metrics dict's aggregated stage (absent without
+    ground truth), keyed as the timing rows key pages."""
+    runs = [ImageRun.from_json(sample) for sample in _primary_samples(metrics)]
+    return worst_by_page(runs, key=lambda run: page_key(run.sample_id, run.prefill_len))
+
+
 def compare_runs(
     baseline: Mapping[str, Any],
     current: Mapping[str, Any],
@@ -432,6 +490,14 @@ def compare_runs(
               threshold=(per_stage or {}).get(stage, threshold), alpha=alpha, min_pages=min_pages)
         for stage in stages
     ]
+    base_reads, current_reads = accuracy_by_page(baseline), accuracy_by_page(current)
+    if base_reads and current_reads:
+        rows.append(judge_accuracy(base_reads, current_reads,
+                                   (per_stage or {}).get(ACCURACY, DEFAULT_ACCURACY_THRESHOLD)))
+        stages = [*stages, ACCURACY]
+    elif base_reads or current_reads:  # e.g. a baseline from before accuracy was recorded
+        which = "baseline" if current_reads else "current"
+        notes.append(f"accuracy not compared: the {which} run has no page read against ground truth.")
     notes += [
         f"the threshold given for stage {stage!r} matches no compared stage ({', '.join(stages)})."
         for stage in per_stage or {}
@@ -539,6 +605,23 @@ def _lookup(mapping: Any, path: tuple[str, ...]) -> Any:
 def _geometric_mean(values: Any) -> float | None:
     array = np.asarray(list(values), dtype=np.float64)
     return float(np.exp(np.log(array).mean())) if len(array) else None
+
+
+def _accuracy_markdown(row: GateRow) -> str:
+    """The accuracy row's own table (its values are edit distances, not times) and its rule."""
+    digits = ACCURACY_DIGITS
+    change = "n/a" if row.baseline is None or row.current is None else f"{row.current - row.baseline:+.{digits}f}"
+    verdict = row.verdict + (f" ({row.detail})" if row.detail else "")
+    headers = ("Accuracy", "Pages", "Baseline", "Current", "Change", "Verdict")
+    body = table(headers, [("edit distance", _pages_text(row), fmt(row.baseline, digits), fmt(row.current, digits),
+                            change, verdict)], align="lrrrrl")
+    return body + (
+        "\n\nAccuracy: mean normalized edit distance (0 is a perfect read) over the pages both runs read "
+        "against ground truth, each page with its worst read. Regressed: a page that read exactly in the "
+        f"baseline no longer does, or the mean rose by more than {row.threshold:.{digits}f} "
+        f"({PER_STAGE_KEY}.{ACCURACY}, absolute); improved: it fell by more than that and no page lost its "
+        "exact read; within threshold otherwise. No interval: a greedy read does not vary between rounds."
+    )
 
 
 def _pages_text(row: GateRow) -> str:

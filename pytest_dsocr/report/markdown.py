@@ -10,6 +10,7 @@ MS_DIGITS = 2
 SHARE_DIGITS = 1
 RATE_DIGITS = 2
 RATIO_DIGITS = 3
+ACCURACY_DIGITS = 3  # edit distances and IoU (0..1)
 SIGNIFICANT_DIGITS = 6  # free-form numbers in key/value tables
 
 

@@ -39,8 +39,15 @@ epoch in one benchmark stage), ``memory`` (peak memory as measured by the caller
 (the aggregates of each benchmark stage when several contributed), ``by_worker`` (per
 worker/GPU rows and totals when several workers contributed), ``generated_at`` and any
 extra ``sections`` (e.g. ``efficiency``); ``identity`` (what must match for two runs to be
-compared: see the regression gate) and ``records`` (the append-only records file the run was
-built from: ``python -m pytest_dsocr report RUN_DIR`` rebuilds metrics.json from it).
+compared: see the regression gate; its ``weights`` say which weights ran) and ``records`` (the
+append-only records file the run was built from: ``python -m pytest_dsocr report RUN_DIR``
+rebuilds metrics.json from it).
+
+``accuracy`` (only when the dataset has ground truth for a measured page; see
+:mod:`pytest_dsocr.report.accuracy`): over the pages of the aggregated stage, each with its
+worst read, ``pages``, ``mean_edit_distance`` (normalized, OmniDocBench-style: 0 a perfect
+read), ``exact_pages``, ``predicted_boxes``, ``truth_boxes``, ``matched_boxes`` and
+``mean_iou`` of the matched boxes. Each sample's own values are its ``accuracy``.
 
 While a run goes on, metrics.json is an interim file (``complete`` false, ``reason`` "still
 running") rewritten at bounded cost: its aggregates carry exact count, mean, std, min and max
@@ -61,6 +68,7 @@ from typing import Any
 from pytest_dsocr.atomic import atomic_open, json_safe, to_json_text
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.records import ImageRun, SampleFailure
+from pytest_dsocr.report.accuracy import AccuracySummary
 from pytest_dsocr.report.model import (
     Aggregates,
     ByWorker,
@@ -145,6 +153,7 @@ def build_metrics(
         by_stage=by_stage,
         by_worker=_by_worker(main_runs, workers) if len(workers) > 1 else None,
         identity=identity,
+        accuracy=AccuracySummary.from_runs(main_runs),
         records=records_file,
         generated_at=now_utc(),
         sections=dict(sections or {}),

@@ -16,6 +16,7 @@ from typing import Any
 
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.records import ImageRun, SampleFailure
+from pytest_dsocr.report.accuracy import AccuracySummary
 from pytest_dsocr.report.stats import Stats
 from pytest_dsocr.stages import BENCHMARK_STAGES
 
@@ -172,7 +173,7 @@ IDENTIFYING_KEYS = frozenset({"aggregates", "samples", "complete"})
 CORE_KEYS = frozenset({
     "schema_version", "generated_at", "complete", "reason", "aggregates_stage", "aggregates", "stage_nesting",
     "counts", "error_rate", "memory", "env", "config", "identity", "records", "samples", "failures", "by_stage",
-    "by_worker",
+    "by_worker", "accuracy",
 })
 
 
@@ -185,7 +186,8 @@ class RunMetrics:
     ``by_stage`` every stage's when several ran. ``sections`` holds what stages add under their
     own key (static_analysis, efficiency, vendor_parity, torch_profiler, nsys, ncu, sweep, ...).
     ``records`` names the append-only records file the run was built from (None: built in
-    memory). An interim file (``complete`` false while the run goes on) may carry cheap
+    memory). ``accuracy`` summarises the aggregated stage's reads against ground truth (absent
+    when the dataset has none); the weights that ran are ``identity.weights`` (:attr:`weights`). An interim file (``complete`` false while the run goes on) may carry cheap
     aggregates and no samples; the records file has them all.
     """
 
@@ -204,6 +206,7 @@ class RunMetrics:
     by_stage: dict[str, Aggregates] = field(default_factory=dict)
     by_worker: ByWorker | None = None
     identity: dict[str, Any] | None = None
+    accuracy: AccuracySummary | None = None  # None: no measured page had ground truth
     records: str | None = None
     generated_at: str | None = None
     schema_version: int = SCHEMA_VERSION
@@ -219,6 +222,13 @@ class RunMetrics:
     @property
     def family(self) -> str | None:
         return self.model.get("family")
+
+    @property
+    def weights(self) -> dict[str, Any] | None:
+        """Which weights ran (``pytest_dsocr.models.weights.weights_identity``): the identity's
+        ``weights``, their one home in metrics.json."""
+        weights = (self.identity or {}).get("weights")
+        return dict(weights) if isinstance(weights, Mapping) else None
 
     def primary_samples(self) -> list[ImageRun]:
         """The runs the top-level aggregates are made of (those of ``aggregates_stage``)."""
@@ -255,6 +265,8 @@ class RunMetrics:
             data["by_stage"] = {stage: agg.to_json() for stage, agg in self.by_stage.items()}
         if self.by_worker is not None:
             data["by_worker"] = self.by_worker.to_json()
+        if self.accuracy is not None:
+            data["accuracy"] = self.accuracy.to_json()
         for key, value in self.sections.items():
             if key in CORE_KEYS:
                 raise ValueError(f"metrics section {key!r} would replace a core metrics.json key")
@@ -294,6 +306,7 @@ class RunMetrics:
             by_stage={name: Aggregates.from_json(agg) for name, agg in (data.get("by_stage") or {}).items()},
             by_worker=ByWorker.from_json(data.get("by_worker")),
             identity=data.get("identity"),
+            accuracy=AccuracySummary.from_json(data.get("accuracy")),
             records=data.get("records"),
             generated_at=data.get("generated_at"),
             schema_version=SCHEMA_VERSION,

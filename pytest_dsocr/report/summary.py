@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
+from pytest_dsocr.outputs.accuracy import IOU_THRESHOLD
 from pytest_dsocr.report.markdown import (
     MISSING,
     RATE_DIGITS,
@@ -28,6 +29,7 @@ from pytest_dsocr.report.markdown import (
     table,
 )
 from pytest_dsocr.report.model import Aggregates, ByWorker, RunMetrics
+from pytest_dsocr.report.provenance import describe_weights
 from pytest_dsocr.report.spread import SpreadFacts, spread_facts
 from pytest_dsocr.report.stats import Stats
 from pytest_dsocr.stages import DECODE, PREFILL, VISION
@@ -125,6 +127,8 @@ def _core_sections(metrics: RunMetrics) -> list[str]:
     dataset = metrics.section("dataset")
     if dataset:
         parts.append(section("Dataset", _dataset(dataset)))
+    if metrics.accuracy is not None:
+        parts.append(section("Accuracy", _accuracy(metrics)))
     if measured(metrics):
         parts += [
             section("Aggregates", _aggregates(metrics)),
@@ -196,11 +200,22 @@ def _environment(metrics: RunMetrics) -> str:
         for key in ("dtype", "device", "base_size", "image_size", "crop_mode"):
             if model.get(key) is not None:
                 rows[f"model.{key}"] = model[key]
+    weights = describe_weights(metrics.weights, model.get("size"))
+    if weights is not None:
+        rows["weights"] = weights
     max_new = (metrics.config.get("infer") or {}).get("max_new_tokens")
     if max_new is not None:
         rows["infer.max_new_tokens"] = max_new
     rows.update(metrics.env)
     return key_value_table(rows) if rows else "No environment recorded."
+
+
+def _accuracy(metrics: RunMetrics) -> str:
+    """The accuracy line, and what it was measured on: the reads of the aggregated stage."""
+    return (f"{metrics.accuracy.sentence()}\n\nEach page counts with its worst read in benchmark stage "
+            f"`{metrics.aggregates_stage}`; edit distance is normalized as OmniDocBench scores text (0 is a "
+            f"perfect read, 1 nothing in common), boxes match one-to-one at IoU >= {IOU_THRESHOLD}; per-page "
+            "values are in metrics.json `samples[].accuracy`.")
 
 
 def _aggregates(metrics: RunMetrics) -> str:
