@@ -28,11 +28,13 @@ class Family:
     builder: str  # "module:function" -> build(size, device, dtype, path, seed, experts_implementation)
     adapter: str  # "module:class" -> Adapter(model_cfg, device, dtype, prompt, decode_backend, **infer options)
     analytic: str  # "module:object" -> an AnalyticFamily (pytest_dsocr.analytic.family)
+    checkpoint_writer: str  # "module:function" -> write(model, folder, dtype) in the family's real checkpoint format
+    decoder_donor: str | None = None  # a family whose trained decoder this one can start from (train_tiny)
     device_preprocessing: bool = False  # infer.preprocess_device=cuda is implemented
     compiled_vision: bool = False  # infer.vision_backend=compiled is implemented
 
     def load(self, what: str) -> Any:
-        """The object ``what`` (builder, adapter or analytic) names, imported now."""
+        """The object ``what`` (builder, adapter, analytic or checkpoint_writer) names, imported now."""
         module, _, attribute = getattr(self, what).partition(":")
         return getattr(importlib.import_module(module), attribute)
 
@@ -52,6 +54,7 @@ FAMILIES: dict[str, Family] = {
             builder="pytest_dsocr.models.deepseek_ocr.modeling:build",
             adapter="pytest_dsocr.models.deepseek_ocr.adapter:DeepseekOCRAdapter",
             analytic="pytest_dsocr.analytic.deepseek_ocr:ANALYTIC",
+            checkpoint_writer="pytest_dsocr.models.deepseek_ocr.checkpoint:write_checkpoint",
             device_preprocessing=True,
             compiled_vision=True,
         ),
@@ -63,6 +66,8 @@ FAMILIES: dict[str, Family] = {
             builder="pytest_dsocr.models.deepseek_ocr2.modeling:build",
             adapter="pytest_dsocr.models.deepseek_ocr2.adapter:DeepseekOCR2Adapter",
             analytic="pytest_dsocr.analytic.deepseek_ocr2:ANALYTIC",
+            checkpoint_writer="pytest_dsocr.models.deepseek_ocr2.modeling:write_checkpoint",
+            decoder_donor="deepseek_ocr",  # the same DeepSeek-V2 decoder and tokenizer
         ),
     )
 }

@@ -13,6 +13,7 @@ from pytest_dsocr.data.pages import bundled_pages
 from pytest_dsocr.decoding import DecodePolicy
 from pytest_dsocr.engine import Engine
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.families import family as registered
 from pytest_dsocr.models import build_model, weights
 from pytest_dsocr.records import Sample
 from pytest_dsocr.session import build_adapter
@@ -136,3 +137,15 @@ def test_bundled_index_records_each_file_hash():
         files = sorted(folder.glob("*.safetensors"))
         assert set(index["weight_map"].values()) == {file.name for file in files}
         assert index["metadata"]["sha256"] == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_writes_a_checkpoint_its_builder_reads_back(family, tmp_path):
+    """The registry's checkpoint writer (what train_tiny saves with) round-trips through the loader."""
+    model = build_model(family, "tiny", seed=3)
+    registered(family).load("checkpoint_writer")(model, tmp_path, torch.bfloat16)
+    loaded = build_model(family, "tiny", path=str(tmp_path))
+    expected = {name: t.to(torch.bfloat16) for name, t in model.state_dict().items()}
+    got = loaded.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[name].to(torch.bfloat16), expected[name]) for name in expected)

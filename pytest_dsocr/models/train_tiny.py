@@ -51,12 +51,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
+from pytest_dsocr import families
+from pytest_dsocr.compat import cache_kwargs
+from pytest_dsocr.config import load_config
+from pytest_dsocr.data.groundtruth import read_truth_markup
+from pytest_dsocr.data.pages import bundled_pages
+from pytest_dsocr.decoding import DecodePolicy
+from pytest_dsocr.engine import Engine
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.models import build_model
+from pytest_dsocr.models.weights import WEIGHTS_GLOB, write_index
+from pytest_dsocr.ngram import first_repeated_ngram
+from pytest_dsocr.records import Sample
+from pytest_dsocr.session import build_adapter as build_session_adapter
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
 SEED = 0
 STORE_DTYPE = torch.bfloat16  # the published checkpoints' dtype
 LEARNING_RATE = 3e-3
@@ -81,7 +93,6 @@ THREADS = 1
 class PageExample:
     """One bundled page ready for teacher forcing: its prepared prompt, cached image features and
     the ids to learn (ground truth then EOS)."""
-
     name: str
     prepared: Any
     image_embeds: Any
@@ -91,7 +102,6 @@ class PageExample:
 @dataclass(frozen=True)
 class TrainResult:
     """What training reached: steps run, seconds, last loss and the smallest margin over all pages."""
-
     steps: int
     seconds: float
     loss: float
@@ -100,17 +110,13 @@ class TrainResult:
 
 def model_config(family: str) -> Any:
     """The tiny preset of ``family`` with random weights (the preprocessing the engine uses)."""
-    from pytest_dsocr.config import load_config
-
-    if family not in FAMILIES:
-        raise DsocrError(f"--family {family!r}: choose one of {', '.join(FAMILIES)}")
+    families.family(family, key="--family")
     return load_config(overrides=[f"model={family}/tiny", "model.weights=random", f"model.seed={SEED}"])
 
 
 def build_adapter(cfg: Any) -> Any:
-    from pytest_dsocr.session import build_adapter as build
 
-    return build(cfg, torch.device("cpu"), torch.float32)
+    return build_session_adapter(cfg, torch.device("cpu"), torch.float32)
 
 
 @torch.no_grad()
@@ -134,9 +140,10 @@ def copy_decoder(adapter: Any, folder: Path) -> None:
     can begin from v1's trained decoder: it then only has to learn to tell the pages apart from
     its own image features, a fraction of the CPU time of learning the transcriptions again.
     """
-    from pytest_dsocr.models import build_model
-
-    source = build_model("deepseek_ocr", "tiny", path=str(folder))
+    donor_family = families.family(adapter.family).decoder_donor
+    if donor_family is None:
+        raise DsocrError(f"--decoder-from {folder}: {adapter.family} starts from no other family's decoder")
+    source = build_model(donor_family, "tiny", path=str(folder))
     donor = trainable_parameters(source)
     target = trainable_parameters(adapter.model)
     if set(donor) != set(target):
@@ -156,10 +163,6 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
 
 def examples(adapter: Any) -> list[PageExample]:
     """Every bundled page with its prompt, cached image features and target ids."""
-    from pytest_dsocr.data.groundtruth import read_truth_markup
-    from pytest_dsocr.data.pages import bundled_pages
-    from pytest_dsocr.ngram import first_repeated_ngram
-
     pages = []
     for path in bundled_pages():
         truth = read_truth_markup(path)
@@ -180,9 +183,6 @@ def examples(adapter: Any) -> list[PageExample]:
 
 def prompt_cache(adapter: Any, page: PageExample) -> Any:
     """The decoder's KV cache over the prompt but its last token, without autograd (as a prefill)."""
-    from transformers import DynamicCache
-
-    from pytest_dsocr.compat import cache_kwargs
 
     cache = DynamicCache()
     with torch.no_grad():
@@ -200,8 +200,6 @@ def target_logits(adapter: Any, page: PageExample, cache: Any) -> torch.Tensor:
     prompt's keys and values: the backward pass covers a few hundred positions instead of the
     whole ~1,000-token prompt, and the prompt's cache can be reused for a few steps.
     """
-    from pytest_dsocr.compat import cache_kwargs
-
     embed = adapter.model.get_input_embeddings()
     tail = torch.cat([embed(page.prepared.input_ids[:, -1:]), embed(page.target[None, :-1])], dim=1)
     out = adapter.model(inputs_embeds=tail, use_cache=True, **cache_kwargs(cache))
@@ -290,32 +288,13 @@ def train(adapter: Any, pages: list[PageExample], max_steps: int = MAX_STEPS,
 
 def save(adapter: Any, family: str, out: Path) -> None:
     """config.json + bfloat16 safetensors + index + tokenizer files, in ``family``'s real format."""
-    from pytest_dsocr.models.weights import WEIGHTS_GLOB, write_index
-
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob(WEIGHTS_GLOB), *out.glob("*.json")]:
         stale.unlink()
-    if family == "deepseek_ocr":
-        from pytest_dsocr.models.deepseek_ocr.checkpoint import save_checkpoint
-
-        save_checkpoint(adapter.model, out, shards=1, dtype=STORE_DTYPE)
-    else:
-        save_transformers(adapter.model, out)
+    families.family(family).load("checkpoint_writer")(adapter.model, out, STORE_DTYPE)
     write_index(out)
     adapter.tokenizer.save_pretrained(out)
 
-
-def save_transformers(model: torch.nn.Module, out: Path) -> None:
-    """transformers' format (what ``from_pretrained`` reads), one shard named like a sharded save."""
-    state = {name: tensor.detach().to(STORE_DTYPE).contiguous() for name, tensor in model.state_dict().items()}
-    model.save_pretrained(out, state_dict=state)
-    single = out / "model.safetensors"
-    if single.is_file():  # name it as a one-shard checkpoint, found through the index
-        single.rename(out / "model-00001-of-00001.safetensors")
-    config_path = out / "config.json"  # the model ran in float32; the file holds what is stored
-    config = json.loads(config_path.read_text())
-    config["dtype"] = str(STORE_DTYPE).removeprefix("torch.")
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,7 +305,6 @@ def save_transformers(model: torch.nn.Module, out: Path) -> None:
 @dataclass(frozen=True)
 class PageCheck:
     """One page decoded by the engine: exact match with the ground truth, and why it stopped."""
-
     name: str
     exact: bool
     finish_reason: str
@@ -336,13 +314,6 @@ class PageCheck:
 
 def verify(family: str, folder: Path) -> list[PageCheck]:
     """Load ``folder`` through the normal loader and decode every bundled page with the engine."""
-    from pytest_dsocr.config import load_config
-    from pytest_dsocr.data.groundtruth import read_truth_markup
-    from pytest_dsocr.data.pages import bundled_pages
-    from pytest_dsocr.decoding import DecodePolicy
-    from pytest_dsocr.engine import Engine
-    from pytest_dsocr.records import Sample
-
     cfg = load_config(overrides=[f"model={family}/tiny", f"model.path={folder}", "infer=vendor"])
     adapter = build_adapter(cfg)
     policy = DecodePolicy(eos_token_id=adapter.eos_token_id, no_repeat_ngram_size=cfg.infer.no_repeat_ngram_size)
@@ -359,7 +330,7 @@ def verify(family: str, folder: Path) -> list[PageCheck]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_dsocr.models.train_tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("--family", required=True, choices=FAMILIES)
+    parser.add_argument("--family", required=True, choices=families.FAMILY_NAMES)
     parser.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch CPU threads (default {THREADS})")

@@ -355,3 +355,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, shards: int = 1,
         save_file({name: tensors[name] for name in chunk}, str(file))
         files.append(file)
     return files
+
+
+def write_checkpoint(model: nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """The family registry's checkpoint writer: one vendor-format shard in ``dtype``."""
+    save_checkpoint(model, folder, shards=1, dtype=dtype)

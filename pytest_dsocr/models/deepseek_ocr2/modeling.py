@@ -25,6 +25,7 @@ from pytest_dsocr.models.deepseek_ocr.modeling import (
     _text_config,
 )
 from pytest_dsocr.models.deepseek_ocr2.spec import SPECS, DeepseekOCR2Spec
+from pytest_dsocr.models.weights import write_index
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +169,19 @@ def build(size: str, device: torch.device, dtype: torch.dtype, *, path: str | No
     if path is not None:
         return load_deepseek_ocr2(path, SPECS[size], device, dtype, experts_implementation)
     return build_deepseek_ocr2(SPECS[size], device, dtype, seed=seed, experts_implementation=experts_implementation)
+
+
+def write_checkpoint(model: torch.nn.Module, out: Path, dtype: torch.dtype) -> None:
+    """The family registry's checkpoint writer: transformers' format (what ``from_pretrained``
+    reads), one shard named like a sharded save and found through its index."""
+    state = {name: tensor.detach().to(dtype).contiguous() for name, tensor in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state)
+    single = out / "model.safetensors"
+    if single.is_file():  # name it as a one-shard checkpoint, found through the index
+        single.rename(out / "model-00001-of-00001.safetensors")
+    config_path = out / "config.json"  # the model ran in float32; the file holds what is stored
+    config = json.loads(config_path.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_index(out)
+
