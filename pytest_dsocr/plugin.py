@@ -212,7 +212,8 @@ def _start_progress(config: pytest.Config, total: int | None) -> None:
         return
     from pytest_dsocr.progress import ProgressReporter
 
-    config.pluginmanager.register(ProgressReporter(terminal, total), PROGRESS_PLUGIN)
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    config.pluginmanager.register(ProgressReporter(terminal, total, capture_manager=capture), PROGRESS_PLUGIN)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -251,6 +252,9 @@ def dsocr_session(request: pytest.FixtureRequest):
         session.adapter  # build now so the model load is not timed inside the first test
     except DsocrError as exc:
         pytest.exit(f"pytest-dsocr: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    progress = request.config.pluginmanager.get_plugin(PROGRESS_PLUGIN)
+    if progress is not None:  # not under -q, nor in an xdist worker
+        session.observe_decodes(progress.decodes)
     return session
 
 
