@@ -129,15 +129,21 @@ class Collector:
 
     # -- events ---------------------------------------------------------------------------
 
+    def open_records(self) -> None:
+        """Start the records file (its session line) if no event has yet: a run stopped before its
+        first sample ends still leaves one, so its run dir reads as a run that measured nothing."""
+        if self._log is not None:
+            return
+        self._log = RecordLog(self.records_path)
+        self._log.append(SESSION, {
+            "config": self.config, "env": self.env, "counts": self.counts, "identity": self.identity,
+            "worker": self.worker_label, "stage_tree": list(self.tree.vision_parts) if self.tree else None,
+        })
+        if self.worker is None:
+            write_resolved_config(self.run_dir, self.config)
+
     def _record(self, kind: str, payload: dict[str, Any]) -> None:
-        if self._log is None:
-            self._log = RecordLog(self.records_path)
-            self._log.append(SESSION, {
-                "config": self.config, "env": self.env, "counts": self.counts, "identity": self.identity,
-                "worker": self.worker_label, "stage_tree": list(self.tree.vision_parts) if self.tree else None,
-            })
-            if self.worker is None:
-                write_resolved_config(self.run_dir, self.config)
+        self.open_records()
         self._log.append(kind, payload)
 
     def _record_sample_sections(self) -> None:

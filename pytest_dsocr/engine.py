@@ -60,6 +60,32 @@ class ProfilingHooks:
 NO_HOOKS = ProfilingHooks()
 
 
+class DecodeObserver(Protocol):
+    """Told how far a decode is (e.g. :class:`pytest_dsocr.progress.DecodeProgress`, lines of long
+    decodes in the terminal). A protocol, so an observer need not import the engine (and torch).
+
+    :meth:`on_decode_step` runs once per decode step inside the timed loop, so an observer must
+    keep it to a clock comparison: the token count it gets is the loop's own host-side count,
+    and it must never read device tensors (that would add a GPU sync per step).
+    """
+
+    def on_decode_start(self, label: str) -> None:
+        """A decode begins: ``label`` names the page (``page_003``) or the batch (``page_003+3``)."""
+
+    def on_decode_step(self, tokens: int) -> None:
+        """``tokens`` generated so far by this decode (every row of a batch together)."""
+
+    def on_decode_end(self, tokens: int) -> None:
+        """The decode ended (EOS, budget or an error) after ``tokens`` tokens."""
+
+
+class SilentObserver(DecodeObserver):
+    """Observes nothing: the engine's default."""
+
+
+NO_OBSERVER = SilentObserver()
+
+
 class ModelAdapter(Protocol):
     """What the engine needs from a model family (see pytest_dsocr.models.*.adapter)."""
 
@@ -116,6 +142,7 @@ class Engine:
         self.max_new_tokens = max_new_tokens
         self.extra_processors = extra_processors
         self.min_new_tokens = min_new_tokens
+        self.observer: DecodeObserver = NO_OBSERVER  # the plugin installs terminal progress here
         self._hooks: ProfilingHooks = NO_HOOKS
         self._stage_stack: list[AbstractContextManager] = []
         self.module_timers = ModuleTimers(
@@ -261,7 +288,7 @@ class Engine:
                                     "(prompt lengths %s) decodes on the dynamic cache", adapter.decode_backend,
                                     sorted(set(rows.prompt_lens)))
         decode_context = getattr(adapter, "decode_context", nullcontext)
-        with self._stage(DECODE, timer), decode_context():
+        with self._stage(DECODE, timer), decode_context(), self._observed(samples, rows):
             if timer is not None and batch:
                 for index in range(len(samples)):
                     timer.start(f"decode#{index}")
@@ -273,6 +300,16 @@ class Engine:
         times = timer.elapsed_ms() if timer is not None else {PREFILL: wall_ms, DECODE: 0.0}
         return [self._record(sample, stage, round_index, p, rows, index, times, wall_ms, len(samples), batch)
                 for index, (sample, p) in enumerate(zip(samples, prepared))]
+
+    @contextmanager
+    def _observed(self, samples: list[Sample], rows: _Rows) -> Iterator[None]:
+        """The observer's start and end of one decode (the end also when the decode raised)."""
+        first = samples[0].sample_id
+        self.observer.on_decode_start(first if len(samples) == 1 else f"{first}+{len(samples) - 1}")
+        try:
+            yield
+        finally:
+            self.observer.on_decode_end(sum(len(ids) for ids in rows.generated))
 
     def _first_tokens(self, prepared: list, logits: torch.Tensor, on_device: bool) -> _Rows:
         """Each row's budget, processors and first token (selected on the host, as generate does)."""
@@ -320,6 +357,7 @@ class Engine:
                 rows.finish[row] = "length"
             if rows.finish[row] is not None and timer is not None and batch:
                 timer.stop(f"decode#{row}")  # this page's decode ends at the step that finished it
+        self.observer.on_decode_step(sum(len(generated) for generated in rows.generated))
         return all(f is not None for f in rows.finish)
 
     def _decode_on_host(self, rows: _Rows, cache: Any, layout: Any, timer: StageTimer | None, batch: bool) -> None:
@@ -334,6 +372,7 @@ class Engine:
                 rows.lengths[0] = length + 1
                 token_id = int(token.item())
                 rows.generated[0].append(token_id)
+                self.observer.on_decode_step(len(rows.generated[0]))
                 if token_id == self.policy.eos_token_id:
                     rows.finish[0] = "eos"
                     break

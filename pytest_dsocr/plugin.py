@@ -212,7 +212,8 @@ def _start_progress(config: pytest.Config, total: int | None) -> None:
         return
     from pytest_dsocr.progress import ProgressReporter
 
-    config.pluginmanager.register(ProgressReporter(terminal, total), PROGRESS_PLUGIN)
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    config.pluginmanager.register(ProgressReporter(terminal, total, capture_manager=capture), PROGRESS_PLUGIN)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -251,6 +252,9 @@ def dsocr_session(request: pytest.FixtureRequest):
         session.adapter  # build now so the model load is not timed inside the first test
     except DsocrError as exc:
         pytest.exit(f"pytest-dsocr: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    progress = request.config.pluginmanager.get_plugin(PROGRESS_PLUGIN)
+    if progress is not None:  # not under -q, nor in an xdist worker
+        session.observe_decodes(progress.decodes)
     return session
 
 
@@ -295,9 +299,10 @@ class StopWatch:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo) -> None:
-        from pytest_dsocr.state import interrupt_reason
+        from pytest_dsocr.state import interrupt_reason, is_signal
 
         self.state.interrupted = interrupt_reason(excinfo.value, self.state.current_test)
+        self.state.signalled = is_signal(excinfo.value)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -364,7 +369,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"summary: {state.run_dir / 'nsys' / 'summary.md'}")
         terminalreporter.write_line(f"run dir: {state.run_dir}")
         return
-    if state.worker is not None or (not state.has_data and state.notes.empty):
+    if state.worker is not None or (not state.has_run_files and state.notes.empty):
         return
     from pytest_dsocr.report.summary import render_terminal_summary
 
@@ -373,7 +378,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(render_terminal_summary(state.final_metrics))
     for line in state.notes.lines():  # skip reasons and warnings, shown without -rs or log options
         terminalreporter.write_line(line, yellow=True)
-    if not state.has_data:
+    if not state.has_run_files:
         return  # nothing measured: no run dir was made
     terminalreporter.write_line(f"run dir: {state.run_dir}")
     if state.xdist is not None and state.xdist.gpus:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from pytest_dsocr.collector import Collector
 from pytest_dsocr.data.groundtruth import PageTruth
 from pytest_dsocr.decoding import DecodePolicy, parse_max_new_tokens
-from pytest_dsocr.engine import NO_HOOKS, Engine, ProfilingHooks
+from pytest_dsocr.engine import NO_HOOKS, DecodeObserver, Engine, ProfilingHooks
 from pytest_dsocr.env import resolve_device
 from pytest_dsocr.models import resolve_dtype
 from pytest_dsocr.errors import DsocrError
@@ -129,6 +129,10 @@ class DsocrSession:
     def engine(self) -> Engine:
         log.info(ENGAGED_MESSAGE)
         return Engine(self.adapter, self.policy, self.max_new_tokens)
+
+    def observe_decodes(self, observer: DecodeObserver) -> None:
+        """Report every decode of this session to ``observer`` (the plugin's lines of long decodes)."""
+        self.engine.observer = observer
 
     def outputs(self, stage: str):
         """Prediction/visualization writers of ``pipeline.<stage>.output`` under <run>/<stage>/."""

@@ -95,6 +95,7 @@ class DsocrState:
         # set by the hooks as the session goes on
         self.xdist: XdistController | None = None  # in an xdist controller
         self.interrupted: str | None = None  # why the session was interrupted, if it was
+        self.signalled = False  # interrupted by SIGTERM or SIGINT (from outside, not by pytest.exit)
         self.current_test: str | None = None
         self.created_run_dir = False
         self.final_metrics: RunMetrics | None = None
@@ -168,6 +169,20 @@ class DsocrState:
     def has_data(self) -> bool:
         """Whether anything was measured or recorded (a collector exists and holds data)."""
         return self._collector is not None and self._collector.has_data
+
+    @property
+    def stopped_while_measuring(self) -> bool:
+        """A signal stopped the run after a stage test asked for the model, before anything was
+        recorded (a CI timeout while the first page decodes): the run still gets its files, so
+        its run dir says the run is incomplete and why, not nothing at all. Not under xdist,
+        whose controller merges what its workers recorded."""
+        return (self.signalled and self._session is not None and not self.has_data
+                and self.worker is None and self.xdist is None)
+
+    @property
+    def has_run_files(self) -> bool:
+        """Whether this run writes (or wrote) its run files: it recorded something, or was stopped while measuring."""
+        return self.has_data or self.stopped_while_measuring
 
     @property
     def collector(self) -> Collector:
@@ -251,6 +266,11 @@ def interrupt_reason(error: BaseException, current_test: str | None = None) -> s
     return reason
 
 
+def is_signal(error: BaseException) -> bool:
+    """Whether an interruption came from outside the session: SIGTERM (:class:`Terminated`) or SIGINT."""
+    return isinstance(error, Terminated) or type(error) is KeyboardInterrupt
+
+
 def stop_reason(state: DsocrState, session: pytest.Session, exitstatus: int) -> str | None:
     """Why the run is incomplete, or None when the session ended normally."""
     if state.interrupted:
@@ -268,7 +288,7 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
     """The final metrics.json, summary and report of the run, then the regression gate."""
     if state.xdist is not None:
         state.xdist.merge()  # the workers' records, read from disk: works after an interrupt too
-    if not state.has_data:
+    if not state.has_run_files:
         if state.xdist is not None and state.created_run_dir and state.has_run_dir:
             remove_if_empty(state.run_dir)  # created for workers that measured nothing
         return
@@ -276,6 +296,7 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
     if reason is None and state.xdist is not None:
         reason = state.xdist.reason()
     collector = state.collector
+    collector.open_records()  # a run stopped before its first sample has recorded nothing yet
     warn_if_no_boxes([run.text_raw for run in collector.records])  # before the notes are written
     if not state.notes.empty:
         collector.add_section("notes", state.notes.section())

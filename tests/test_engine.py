@@ -106,6 +106,35 @@ def test_hooks_see_every_stage_once_per_call(adapter, pages):
     assert hooks.events[-1] == ("end", pages[0].stem, 2, False, True)
 
 
+class Observer:
+    """Writes down what a decode observer is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def on_decode_start(self, label: str) -> None:
+        self.events.append(("start", label))
+
+    def on_decode_step(self, tokens: int) -> None:
+        self.events.append(("step", tokens))
+
+    def on_decode_end(self, tokens: int) -> None:
+        self.events.append(("end", tokens))
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one_page", "batch"])
+def test_the_observer_hears_every_decode_step_with_the_host_count(adapter, pages, batch):
+    engine = Engine(adapter, DecodePolicy(eos_token_id=adapter.eos_token_id), 5)
+    engine.observer = observer = Observer()
+    if batch:
+        engine.run_batch([sample_of(pages[0]), sample_of(pages[1], 1)])
+        label, steps = f"{pages[0].stem}+1", [2, 4, 6, 8, 10]  # both rows together
+    else:
+        engine.run(sample_of(pages[0]))
+        label, steps = pages[0].stem, [1, 2, 3, 4, 5]
+    assert observer.events == [("start", label), *(("step", n) for n in steps), ("end", steps[-1])]
+
+
 def test_static_backend_gives_the_eager_tokens(pages):
     """decode_backend=static (static KV cache; graphs only on CUDA) decodes the eager path's tokens."""
     cfg = load_config(overrides=["infer.decode_backend=static"])

@@ -130,14 +130,22 @@ def test_ini_keys_configure_the_run(stage_dir, tmp_path):
 
 
 def test_progress_lines_in_a_long_run_and_none_under_q(stage_dir, tmp_path, monkeypatch):
+    """Run and decode progress with both thresholds at 0; the decode lines are written while
+    pytest captures the test's output (a captured line of a passing test would never show)."""
     import pytest_dsocr.progress as progress
 
-    monkeypatch.setattr(progress, "START_AFTER_S", 0.0)  # in-process run: undone after this test
+    # in-process run: the inner session reads these module constants; undone after this test
+    monkeypatch.setattr(progress, "START_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "DECODE_START_AFTER_S", 0.0)
     result = run_direct(stage_dir, tmp_path / "run")
-    result.stdout.fnmatch_lines(["pytest-dsocr: 1/2 samples, 0 failed, * samples/s, ETA *",
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["pytest-dsocr: page_001 decoding: 1 tokens, * tokens/s",
+                                 "pytest-dsocr: page_001 decoded: 4 tokens in *s, * tokens/s",
+                                 "pytest-dsocr: 1/2 samples, 0 failed, * samples/s, ETA *",
+                                 "pytest-dsocr: page_002 decoding: 1 tokens, * tokens/s",
                                  "pytest-dsocr: 2/2 samples, 0 failed, * samples/s, ETA 0s"])
     quiet = run_direct(stage_dir, tmp_path / "quiet", "-q")
-    assert "samples/s" not in quiet.stdout.str()
+    assert "samples/s" not in quiet.stdout.str() and " decoding: " not in quiet.stdout.str()
 
 
 def test_batches_run_through_the_harness(stage_dir, tmp_path):

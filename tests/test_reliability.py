@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pytest_dsocr.recordlog import read_records
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 PAGES = ("p1", "p2", "p3")
 
@@ -164,6 +166,22 @@ def test_sigterm_mid_sample_stops_cleanly(pytester, pages, tmp_path):
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*pytest-dsocr*", "*Run incomplete*terminated by SIGTERM*", "*Terminated: SIGTERM*"])
     assert_valid_partial_run(run_dir, ["p1"], "terminated by SIGTERM")
+
+
+def test_sigterm_before_the_first_page_ends_leaves_an_incomplete_run(pytester, pages, tmp_path):
+    """Nothing measured yet, but the run was under way: the run dir says so rather than being empty."""
+    run_dir = tmp_path / "run"
+    result = stage(pytester, {"p1": "SIGTERM"}).runpytest_subprocess(*quick(pages, run_dir), timeout=300)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*pytest-dsocr*", "*Run incomplete*terminated by SIGTERM*", f"*run dir: {run_dir}*"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] is False
+    assert metrics["reason"].startswith("terminated by SIGTERM, during test_direct_inference.py::")
+    assert metrics["samples"] == [] and metrics["failures"] == []
+    log = read_records(run_dir / "records.jsonl")
+    assert log.runs == [] and log.failures == []
+    summary = (run_dir / "stakeholder_summary.md").read_text()
+    assert "**Run incomplete**" in summary and "terminated by SIGTERM" in summary
 
 
 def test_maxfail_stop_is_recorded(pytester, pages, tmp_path, inference_modules_loaded):
