@@ -10,6 +10,8 @@ model is built.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -220,6 +222,31 @@ def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:
         raise DsocrError(f"{source}: bad value for config key '{key}': {msg}") from None
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The structured config with its defaults, made once (it is copied, never changed)."""
+    return OmegaConf.structured(DsocrConfig)
+
+
+def _compose(layers: list[tuple[Any, str]]) -> DictConfig:
+    """The schema with every layer merged in order.
+
+    One merge of all layers (one copy of the schema: a merge per layer copies the whole config
+    each time, which made loading a config cost about 0.4 s); only when that fails are the layers
+    merged one by one, so the error names the layer that holds the bad key or value.
+    """
+    cfg = copy.deepcopy(_schema())
+    try:
+        cfg.merge_with(*(values for values, _ in layers))
+        return cfg
+    except OmegaConfBaseException:
+        pass
+    cfg = copy.deepcopy(_schema())
+    for values, source in layers:
+        cfg = _merge(cfg, values, source)
+    return cfg
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
                 conf_dir: Path = CONF_DIR) -> DictConfig:
     """The validated run configuration; raises DsocrError naming the bad key, value or file."""
@@ -243,18 +270,18 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         else:
             dotted.append(f"{key}={value}")
 
-    cfg = OmegaConf.structured(DsocrConfig)
+    layers: list[tuple[Any, str]] = []  # (values, where they come from), merged in this order
     for group, name in choices.items():
         if group == HARDWARE_GROUP:
             continue
         if group not in GROUP_TARGETS:
             raise DsocrError(f"defaults: unknown preset group '{group}' (known: {', '.join(GROUP_TARGETS)}, hardware)")
-        cfg = _merge(cfg, _nest(GROUP_TARGETS[group], _preset(group, name, conf_dir)), f"preset {group}={name}")
-    cfg = _merge(cfg, main_values, str(conf_dir / MAIN_CONFIG))
+        layers.append((_nest(GROUP_TARGETS[group], _preset(group, name, conf_dir)), f"preset {group}={name}"))
+    layers.append((main_values, str(conf_dir / MAIN_CONFIG)))
     if file_values:
-        cfg = _merge(cfg, file_values, f"--dsocr-config {config_file}")
+        layers.append((file_values, f"--dsocr-config {config_file}"))
     if HARDWARE_GROUP in choices:
-        cfg.hardware.name = choices[HARDWARE_GROUP]
+        layers.append(({"hardware": {"name": choices[HARDWARE_GROUP]}}, f"--dsocr-set hardware={choices[HARDWARE_GROUP]}"))
     for item in dotted:
         try:
             parsed = OmegaConf.from_dotlist([item])
@@ -265,7 +292,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
                              f"{QUOTING_HELP}") from None
         except OmegaConfBaseException as exc:
             raise DsocrError(f"--dsocr-set {item!r}: cannot parse ({exc})") from None
-        cfg = _merge(cfg, parsed, f"--dsocr-set {item}")
+        layers.append((parsed, f"--dsocr-set {item}"))
+    cfg = _compose(layers)
     validate(cfg)
     return cfg
 

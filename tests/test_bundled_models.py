@@ -1,8 +1,9 @@
 """The bundled tiny checkpoints: real checkpoint folders that read every bundled page exactly.
 
-One engine run per family over all six pages with the vendor's decoding (greedy,
-no_repeat_ngram_size 20, max_new_tokens=inf): each must reproduce its ground truth token for
-token and stop at EOS. About 2,000 decode steps per family: the slowest tests of the suite.
+Engine runs with the vendor's decoding (greedy, no_repeat_ngram_size 20, max_new_tokens=inf):
+each page must reproduce its ground truth token for token and stop at EOS. v1, the default
+model, reads all six pages (about 1,900 decode steps); v2 reads its two shortest, to keep the
+suite short (train_tiny checked every page of both before the weights were shipped).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pytest_dsocr.records import Sample
 from pytest_dsocr.session import build_adapter
 
 FAMILIES = ("deepseek_ocr", "deepseek_ocr2")
+PAGES_READ = {"deepseek_ocr": None, "deepseek_ocr2": ("page_005.png", "page_006.png")}  # None: every page
 MAX_BUNDLED_BYTES = 16 * 1024 * 1024  # both families' weights together
 CONFIG_MODEL_TYPE = {"deepseek_ocr": "deepseek_vl_v2", "deepseek_ocr2": "deepseek_ocr2"}
 
@@ -41,7 +43,8 @@ def test_bundled_model_reads_every_page_exactly_and_stops_at_eos(adapter):
     policy = DecodePolicy(eos_token_id=adapter.eos_token_id, no_repeat_ngram_size=20)
     engine = Engine(adapter, policy, max_new_tokens=None)
     truths = bundled_truth()
-    for page in bundled_pages():
+    chosen = PAGES_READ[adapter.family]
+    for page in [p for p in bundled_pages() if chosen is None or p.name in chosen]:
         run = engine.run(Sample(page, 0, 0, page.stem))
         truth = truths[page.name]
         assert run.finish_reason == "eos", page.name
