@@ -25,11 +25,11 @@ from pytest_dsocr.data.sampling import sample_images
 from pytest_dsocr.env import collect_env, peak_memory, resolve_device
 from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.families import stage_tree
+from pytest_dsocr.models.weights import weights_identity
 from pytest_dsocr.notes import SessionNotes
 from pytest_dsocr.parity import warn_if_no_boxes
 from pytest_dsocr.profilers import PROFILERS
 from pytest_dsocr.records import Sample
-from pytest_dsocr.models.weights import weights_identity
 from pytest_dsocr.report.compatibility import Difference, check_compatibility, identity_from_metrics, run_identity
 from pytest_dsocr.report.gate import GateResult, load_baseline, parse_inconclusive, run_gate
 from pytest_dsocr.report.model import RunMetrics
