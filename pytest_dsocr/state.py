@@ -205,7 +205,8 @@ class DsocrState:
                                         identity=self.identity)
             self._collector.sample_sections["dataset"] = self._dataset.section()
             hook = self.pytest_config.hook.pytest_dsocr_update_metrics
-            self._collector.json_hooks.append(lambda metrics: hook(config=self.pytest_config, metrics=metrics))
+            if hook.get_hookimpls():  # only when a conftest or plugin implements it: else samples stream
+                self._collector.json_hooks.append(lambda metrics: hook(config=self.pytest_config, metrics=metrics))
         return self._collector
 
     @property

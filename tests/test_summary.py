@@ -280,3 +280,12 @@ def test_report_links_the_config_and_gives_the_failure_chain():
            "   1. CudaError: launch failed (kernel.py:12 in launch)\n" \
            "   2. RuntimeError: kernel exploded (engine.py:40 in run)" in text
     assert "CudaError" not in render_stakeholder_summary(make_metrics([image_run(0)], [failure]))
+
+
+def test_report_lists_at_most_max_sample_rows_and_says_where_the_rest_are(monkeypatch):
+    monkeypatch.setattr(summary, "MAX_SAMPLE_ROWS", 3)
+    metrics = typed(make_metrics([image_run(i) for i in range(5)]))
+    report = summary.render_report(metrics)
+    rows = [line for line in report.splitlines() if line.startswith("| direct_inference |")]
+    assert [row.split("|")[4].strip() for row in rows] == ["page_000", "page_001", "page_002"]
+    assert "5 runs, 5 of them in the aggregated stage. The first 3 are shown; every run is in metrics.json `samples`" in report

@@ -170,14 +170,16 @@ def write_metrics(run_dir: str | os.PathLike[str], metrics: RunMetrics, durable:
     """Write ``<run_dir>/metrics.json`` atomically; returns its path.
 
     ``hooks`` may add or change fields of the json form just before it is written (the
-    ``pytest_dsocr_update_metrics`` hook). The samples are encoded one at a time into the
-    file, so a run of 100,000 records never holds its whole json text in memory.
+    ``pytest_dsocr_update_metrics`` hook), samples included. The samples are encoded one at a
+    time into the file, so a run of 100,000 records never holds its whole json text in memory;
+    without hooks they are also converted one at a time (their json dicts, some 200 MB at
+    100,000 records, are never all held at once).
     """
     path = Path(run_dir) / METRICS_FILE
-    data = metrics.to_json()
+    data = metrics.to_json(samples=bool(hooks))
     for hook in hooks:
         hook(data)
-    samples = data.pop("samples", [])
+    samples = data.pop("samples") if hooks else (run.to_json() for run in metrics.samples)
     head = to_json_text(data)
     cut = head.rindex("}")
     with atomic_open(path, durable) as handle:

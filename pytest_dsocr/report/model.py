@@ -242,7 +242,9 @@ class RunMetrics:
 
     # -- json ------------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, samples: bool = True) -> dict[str, Any]:
+        """The json form of metrics.json; ``samples=False`` leaves the per-sample records out (a
+        writer that streams them, one at a time, adds them itself)."""
         data: dict[str, Any] = {
             "schema_version": self.schema_version,
             "generated_at": self.generated_at,
@@ -258,7 +260,7 @@ class RunMetrics:
             "config": self.config,
             "identity": self.identity,
             "records": self.records,
-            "samples": [run.to_json() for run in self.samples],
+            "samples": [run.to_json() for run in self.samples] if samples else [],
             "failures": [failure.to_json() for failure in self.failures],
         }
         if self.by_stage:

@@ -47,6 +47,7 @@ OUTSIDE_SUBSTAGES = "outside sub-stages (decoder prefill, embedding merge)"
 HIGH_SPREAD_CV = 0.25
 RESOLVED_CONFIG_FILE = "resolved_config.yaml"  # written beside report.md by the collector
 MAX_SKIPPED_ROWS = 20  # skipped dataset entries listed in the summary; metrics.json lists more
+MAX_SAMPLE_ROWS = 1000  # per-run rows of report.md (100,000 rows took seconds and help no reader)
 # What a run produced besides measured pages, by metrics.json section, for a run that measured none.
 PRODUCTS = (
     ("sweep", "analytic sweeps (`sweeps/*.csv`; see Sweeps)"),
@@ -615,9 +616,9 @@ def _named_stats(aggregates: Aggregates) -> list[tuple[str, Stats]]:
 
 
 def _sample_rows(metrics: RunMetrics) -> str:
-    samples = metrics.samples
-    if not samples:
+    if not metrics.samples:
         return "No run was measured."
+    samples = metrics.samples[:MAX_SAMPLE_ROWS]
     subs = list(dict.fromkeys(name for s in samples for name in s.substage_ms))
     headers = (
         "Stage", "Epoch", "Round", "Sample", "Worker", "Preprocess", "Prefill", "Vision", *subs,
@@ -636,6 +637,10 @@ def _sample_rows(metrics: RunMetrics) -> str:
             )
         )
     main = len(metrics.primary_samples())
-    note = f"Times in ms. {len(samples)} runs, {main} of them in the aggregated stage."
+    total = len(metrics.samples)
+    note = f"Times in ms. {total} runs, {main} of them in the aggregated stage."
+    if total > len(samples):
+        note += (f" The first {len(samples)} are shown; every run is in metrics.json `samples` and "
+                 f"`{metrics.records or 'records.jsonl'}`.")
     align = "l" * 5 + "r" * (len(headers) - 7) + "ll"  # Grid and Finish are words
     return table(headers, rows, align=align) + "\n\n" + note
