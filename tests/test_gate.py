@@ -28,7 +28,9 @@ from pytest_dsocr.report.gate import (
     compare_runs,
     judge,
     load_baseline,
+    page_key,
     page_medians,
+    page_name,
     parse_inconclusive,
     parse_min_pages,
     parse_stage_thresholds,
@@ -534,3 +536,8 @@ def test_gate_markdown_golden():
     assert result.failed and result.to_json()["rows"][0]["verdict"] == REGRESSED
     assert result.to_json()["differences"][0] == {"key": "config.infer.decode_backend", "baseline": "eager",
                                                   "current": "static"}
+
+
+def test_page_name_is_the_sample_id_of_a_page_key_even_with_a_hash_in_it():
+    assert page_name(page_key("scan#2", 939)) == "scan#2"
+    assert page_name(page_key("page_001", None)) == "page_001"

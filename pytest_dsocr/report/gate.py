@@ -356,6 +356,11 @@ def page_key(sample_id: str, prefill_len: int | None) -> str:
     return f"{sample_id}#{prefill_len}"
 
 
+def page_name(key: str) -> str:
+    """The sample id of a :func:`page_key` (a sample id may itself hold a ``#``)."""
+    return key.rpartition("#")[0]
+
+
 def page_medians(pages: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """Each page reduced to one value: the median of its positive values (a zero time has no
     ratio); pages without one are left out. (statistics.median: a page has a handful of rounds,
@@ -432,7 +437,7 @@ def judge_accuracy(base_pages: Mapping[str, SampleAccuracy], current_pages: Mapp
                                f"{len(current_pages)} pages with accuracy)"), **counts)
     before = statistics.fmean(base_pages[key].edit_distance for key in common)
     after = statistics.fmean(current_pages[key].edit_distance for key in common)
-    lost = [key.split("#")[0] for key in common if base_pages[key].exact and not current_pages[key].exact]
+    lost = [page_name(key) for key in common if base_pages[key].exact and not current_pages[key].exact]
     if lost or after - before > threshold:
         verdict = REGRESSED
     elif before - after > threshold:
