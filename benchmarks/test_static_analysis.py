@@ -8,7 +8,7 @@ from pytest_dsocr.analytic.static import STAGE_DIR, metrics_section, run_static_
 
 @pytest.mark.static_analysis
 def test_static_analysis(dsocr_config, dsocr_run_dir, dsocr_collector):
-    result = run_static_analysis(dsocr_config, dsocr_run_dir / STAGE_DIR, records=dsocr_collector.records)
+    result = run_static_analysis(dsocr_config, dsocr_run_dir / STAGE_DIR, records=dsocr_collector.iter_records())
     dsocr_collector.add_summary_section("Static Analysis", result.summary_markdown)
     dsocr_collector.add_section("efficiency", result.efficiency)  # the summary draws its table
     dsocr_collector.add_section(STAGE_DIR, metrics_section(result))

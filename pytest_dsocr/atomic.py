@@ -8,10 +8,12 @@ Files get the mode a plain open() would give (the umask decides), not mkstemp's 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +23,8 @@ from PIL import Image
 from pytest_dsocr.errors import DsocrError
 
 FILE_MODE = 0o666  # before the umask, as open() uses
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -108,3 +112,69 @@ def atomic_save_image(path: str | os.PathLike[str], image: Image.Image, format: 
         if format is None:
             raise DsocrError(f"{path}: unknown image extension {path.suffix!r}")
     return _atomic(path, lambda handle: image.save(handle, format=format, **params))
+
+
+class BackgroundWriter:
+    """Atomic, non-durable file writes on a thread of its own, the newest content winning.
+
+    For files rewritten every few seconds while a run goes on (the interim metrics.json and
+    summary): creating and renaming a file can stall for milliseconds on a busy disk, and the
+    sample being recorded would wait for it. :meth:`submit` takes content the caller has
+    already made (so no user code runs on this thread) and returns at once; content still
+    pending when newer content for the same file arrives is dropped unwritten. :meth:`close`
+    returns once everything submitted is on disk. A write that fails is logged once per file
+    and the run goes on: these files are views, the records file is the data.
+    """
+
+    def __init__(self, name: str = "dsocr-writer") -> None:
+        self.name = name
+        self._pending: dict[Path, bytes] = {}
+        self._writing = False
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._failed: set[Path] = set()
+
+    def submit(self, files: Mapping[str | os.PathLike[str], bytes]) -> None:
+        with self._changed:
+            if self._closed:
+                raise RuntimeError(f"{self.name}: closed")
+            self._pending.update((Path(path), data) for path, data in files.items())
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def wait(self) -> None:
+        """Return once everything submitted so far is written (or failed)."""
+        with self._changed:
+            while self._pending or self._writing:
+                self._changed.wait()
+
+    def close(self) -> None:
+        """Write what is pending, then stop the thread; later submits are an error."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending and not self._closed:
+                    self._changed.wait()
+                if not self._pending:
+                    return
+                files, self._pending = self._pending, {}
+                self._writing = True
+            for path, data in files.items():
+                try:
+                    atomic_write_bytes(path, data, durable=False)
+                except OSError as exc:
+                    if path not in self._failed:
+                        self._failed.add(path)
+                        log.warning("pytest-dsocr: cannot write %s (%s); the records file keeps every sample", path, exc)
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()

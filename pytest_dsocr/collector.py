@@ -23,21 +23,39 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pytest_dsocr.atomic import atomic_write_text
+from pytest_dsocr.atomic import BackgroundWriter, atomic_write_text
+from pytest_dsocr.errors import DsocrError
 from pytest_dsocr.outputs.writers import write_viz_indexes
-from pytest_dsocr.recordlog import END, FAILURE, RECORDS_FILE, RUN, SECTION, SESSION, SUMMARY_SECTION, RecordLog
-from pytest_dsocr.records import ImageRun, SampleFailure
-from pytest_dsocr.report.metrics import INTERIM_SAMPLES, build_metrics, now_utc, write_metrics
+from pytest_dsocr.recordlog import (
+    END,
+    FAILURE,
+    RECORDS_FILE,
+    RUN,
+    SECTION,
+    SESSION,
+    SUMMARY_SECTION,
+    RecordLog,
+    run_texts,
+)
+from pytest_dsocr.records import ImageRun, RunRows, SampleFailure
+from pytest_dsocr.report.metrics import (
+    INTERIM_SAMPLES,
+    METRICS_FILE,
+    build_metrics,
+    metrics_chunks,
+    now_utc,
+    write_metrics,
+)
 from pytest_dsocr.report.model import Counts, RunMetrics, primary_stage
 from pytest_dsocr.report.plots import write_plots
 from pytest_dsocr.report.running import RunningAggregates
-from pytest_dsocr.report.summary import render_report, render_stakeholder_summary
+from pytest_dsocr.report.summary import RESOLVED_CONFIG_FILE, render_report, render_stakeholder_summary
 from pytest_dsocr.rundir import new_worker_dir
 from pytest_dsocr.stages import StageTree, vision_parts_in
 
@@ -45,7 +63,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "stakeholder_summary.md"
 REPORT_FILE = "report.md"
-RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 RESOLVED_CONFIG_HEADER = ("# The resolved configuration of this run: schema defaults, presets, config file and\n"
                           "# --dsocr-set overrides applied (metrics.json `config` holds the same).\n")
 RUNNING = "still running"  # the reason of every write before the session ends
@@ -76,10 +93,13 @@ class Collector:
         self._worker_dir: Path | None = None
         self._log: RecordLog | None = None
         self._running = RunningAggregates()
-        self._attempts: set[tuple[int, str]] = set()  # distinct (epoch, sample) measured or failed
+        self._attempts = Attempts()  # distinct (epoch, sample) measured or failed
         self._last_interim: float | None = None
         self._finished = False  # the full files are written: no interim rewrite after that
-        self.records: list[ImageRun] = []
+        self._writer = BackgroundWriter("dsocr-interim-writer")  # interim files: off the sample's path
+        self._merged = False  # the runs are the workers' (replace_contents), not this records file's
+        self._records_failed = False  # a write to the records file failed: it may lack lines
+        self._runs = RunRows()  # every measured run, compact (see RunRows: no GC pauses at 100,000)
         self.failures: list[SampleFailure] = []
         self.sections: dict[str, Any] = {}
         # Sections recorded with the first sample (run or failure): what the samples came from
@@ -118,7 +138,7 @@ class Collector:
 
     @property
     def has_data(self) -> bool:
-        return bool(self.records or self.failures or self.sections)
+        return bool(len(self._runs) or self.failures or self.sections)
 
     @property
     def env(self) -> dict:
@@ -139,8 +159,10 @@ class Collector:
             "config": self.config, "env": self.env, "counts": self.counts, "identity": self.identity,
             "worker": self.worker_label, "stage_tree": list(self.tree.vision_parts) if self.tree else None,
         })
-        if self.worker is None:
+        if self.worker is None and self._finished:
             write_resolved_config(self.run_dir, self.config)
+        elif self.worker is None:  # off the sample's path; the session end writes it again, durably
+            self._writer.submit({self.run_dir / RESOLVED_CONFIG_FILE: resolved_config_text(self.config).encode("utf-8")})
 
     def _record(self, kind: str, payload: dict[str, Any]) -> None:
         self.open_records()
@@ -161,16 +183,16 @@ class Collector:
             if label is not None:
                 run = dataclasses.replace(run, worker=label)
             self._record(RUN, run.to_json())
-            self.records.append(run)
+            self._runs.append(run)
             self._running.add(run)
-            self._attempts.add((run.epoch, run.sample_id))
+            self._attempts.add(run.epoch, run.sample_id)
         self.flush()
 
     def add_failure(self, failure: SampleFailure) -> None:
         self._record_sample_sections()
         self._record(FAILURE, failure.to_json())
         self.failures.append(failure)
-        self._attempts.add((failure.epoch, failure.sample_id))
+        self._attempts.add(failure.epoch, failure.sample_id)
         self.flush(force=True)
 
     def add_section(self, name: str, data: Any) -> None:
@@ -188,25 +210,33 @@ class Collector:
     def replace_contents(self, records: list[ImageRun], failures: list[SampleFailure],
                          sections: dict[str, Any], summary_sections: dict[str, str]) -> None:
         """Take the concatenated records of every xdist worker (the controller measures nothing)."""
-        self.records = list(records)
+        self._runs = RunRows(records)
+        self._merged = True
         self.failures = list(failures)
         self.sections = dict(sections)
         self.summary_sections = {**summary_sections, **self.summary_sections}
         self._running = RunningAggregates()
-        for run in self.records:
+        for run in records:
             self._running.add(run)
-        self._attempts = {(r.epoch, r.sample_id) for r in self.records} | {
-            (f.epoch, f.sample_id) for f in self.failures}
+        self._attempts = Attempts()
+        for item in (*records, *self.failures):
+            self._attempts.add(item.epoch, item.sample_id)
 
-    def records_for(self, stage: str) -> list[ImageRun]:
-        return [r for r in self.records if r.stage == stage]
+    def iter_records(self) -> Iterator[ImageRun]:
+        """Every measured run so far, in order, one at a time (each read back from the kept
+        runs as it is asked for: a long run's are never all in memory as objects)."""
+        return iter(self._runs)
+
+    def records_for(self, stage: str, sample_id: str | None = None) -> list[ImageRun]:
+        """The measured runs of ``stage`` (of one sample), in order."""
+        return self._runs.of_stage(stage, sample_id)
 
     # -- metrics --------------------------------------------------------------------------
 
     def metrics(self, *, complete: bool, reason: str | None = None) -> RunMetrics:
         """The full metrics of what is known now (every statistic, every sample)."""
         metrics = build_metrics(
-            self.records, self.failures, env=self.env, config=self.config, tree=self.tree,
+            self._runs, self.failures, env=self.env, config=self.config, tree=self.tree,
             sections=self.sections, complete=complete, reason=reason, counts=self.counts,
             memory=self._memory(), identity=self.identity, records_file=RECORDS_FILE if self._log else None,
         )
@@ -218,18 +248,18 @@ class Collector:
         stage = primary_stage(self._running.stages)
         parts = vision_parts_in(self._substage_names(), self.tree.vision_parts if self.tree else ())
         aggregates = self._running.aggregates(stage, parts)
-        measured = len(self.records)
+        measured = len(self._runs)
         infer = self.config.get("infer") or {}
         counts = Counts.from_json({
             "warmup_rounds": infer.get("warmup_rounds"), "rounds": infer.get("rounds"),
-            "samples": len(self._attempts), "measured_runs": measured, "failed": len(self.failures),
+            "samples": self._attempts.count, "measured_runs": measured, "failed": len(self.failures),
             **self.counts,
         })
         metrics = RunMetrics(
             complete=False, reason=RUNNING, aggregates_stage=stage, aggregates=aggregates,
             stage_nesting=(self.tree or StageTree(tuple(parts))).nesting(aggregates.stage_ms),
             counts=counts, error_rate=None, memory=self._memory(), env=self.env, config=self.config,
-            samples=tuple(self.records) if measured <= INTERIM_SAMPLES else (),
+            samples=tuple(self._runs) if measured <= INTERIM_SAMPLES else (),
             failures=tuple(self.failures), identity=self.identity, records=RECORDS_FILE,
             sections=dict(self.sections),
         )
@@ -237,7 +267,7 @@ class Collector:
 
     def _substage_names(self) -> dict[str, None]:
         names: dict[str, None] = {}
-        for run in self.records[-1:]:
+        for run in self._runs.last(1):
             names.update(dict.fromkeys(run.substage_ms))
         return names
 
@@ -247,10 +277,19 @@ class Collector:
             metrics = transform(metrics)
         return metrics
 
-    def _write(self, metrics: RunMetrics, durable: bool) -> None:
-        write_metrics(self.metrics_dir, metrics, durable=durable, hooks=self.json_hooks)
+    def _write_interim(self, metrics: RunMetrics) -> None:
+        """The interim files' content is made here (hooks included), written by the background
+        writer: not fsynced, metrics.json on one line (the records file is the durable copy)."""
+        files = {self.metrics_dir / METRICS_FILE: b"".join(metrics_chunks(metrics, self.json_hooks, compact=True))}
         if self.worker is None:
-            self.rewrite_summary(metrics, durable=durable)
+            summary = render_stakeholder_summary(metrics, list(self.summary_sections.items()))
+            files[self.run_dir / SUMMARY_FILE] = summary.encode("utf-8")
+        self._writer.submit(files)
+
+    def wait_for_writes(self) -> None:
+        """Return once the interim files submitted so far are written (a writer thread writes
+        them, off the sample's path; the records file is written by each add_* itself)."""
+        self._writer.wait()
 
     def flush(self, *, force: bool = False) -> None:
         """Rewrite the interim metrics.json and summary when due (at most every
@@ -261,12 +300,19 @@ class Collector:
         if not force and self._last_interim is not None and now - self._last_interim < self.interim_interval_s:
             return
         self._last_interim = now
-        self._write(self.interim_metrics(), durable=False)
+        self._write_interim(self.interim_metrics())
 
-    def rewrite_summary(self, metrics: RunMetrics, durable: bool = True) -> None:
+    def _sample_texts(self) -> Iterator[str] | None:
+        """The samples' json as the records file holds it, when its runs are this collector's
+        (not after an xdist merge replaced them): copied into metrics.json, not encoded again."""
+        if self._log is None or self._merged or self._records_failed:
+            return None
+        return run_texts(self.records_path)
+
+    def rewrite_summary(self, metrics: RunMetrics) -> None:
         """Re-render the stakeholder summary (e.g. after the regression gate)."""
         sections = list(self.summary_sections.items())
-        atomic_write_text(self.run_dir / SUMMARY_FILE, render_stakeholder_summary(metrics, sections), durable)
+        atomic_write_text(self.run_dir / SUMMARY_FILE, render_stakeholder_summary(metrics, sections))
 
     def finish(self, *, complete: bool, reason: str | None = None) -> RunMetrics:
         """Final write: metrics.json, summary, report.md and plots (when matplotlib is there).
@@ -274,24 +320,54 @@ class Collector:
         A worker writes only its records' end line and its metrics.json; the controller the rest.
         """
         self._finished = True
+        self._writer.close()  # no interim write may land after the final files
         if self._log is not None:
-            self._log.append(END, {"complete": complete, "reason": reason, "memory": self._memory()})
-            self._log.close()
+            try:
+                self._log.append(END, {"complete": complete, "reason": reason, "memory": self._memory()})
+                self._log.close()
+            except DsocrError as exc:  # the records file lost lines: the final files come from memory
+                self._records_failed = True
+                log.error("pytest-dsocr: %s; metrics.json is written from the records held in memory", exc)
         metrics = self.metrics(complete=complete, reason=reason)
         if self.worker is not None:
-            write_metrics(self.metrics_dir, metrics, hooks=self.json_hooks)
+            write_metrics(self.metrics_dir, metrics, hooks=self.json_hooks, sample_texts=self._sample_texts())
             return metrics
         run_dir = self.run_dir
         write_resolved_config(run_dir, self.config)
         write_viz_indexes(run_dir, self.config)
         metrics = metrics.with_sections(plots=write_plots(metrics, run_dir))
-        write_metrics(run_dir, metrics, hooks=self.json_hooks)
+        write_metrics(run_dir, metrics, hooks=self.json_hooks, sample_texts=self._sample_texts())
         self.rewrite_summary(metrics)
         atomic_write_text(run_dir / REPORT_FILE, render_report(metrics, list(self.summary_sections.items())))
         return metrics
 
 
+class Attempts:
+    """Counts distinct (epoch, sample) pairs with what grows with the dataset, not with the run:
+    a set of epochs (small ints) per sample id, so the cycle collector never walks one entry
+    per record of a long run (see :class:`~pytest_dsocr.records.RunRows`)."""
+
+    def __init__(self) -> None:
+        self._epochs: dict[str, set[int]] = {}
+        self.count = 0
+
+    def add(self, epoch: int, sample_id: str) -> None:
+        epochs = self._epochs.setdefault(sample_id, set())
+        if epoch not in epochs:
+            epochs.add(epoch)
+            self.count += 1
+
+
 def write_resolved_config(run_dir: Path, config: dict) -> Path:
     """``<run>/resolved_config.yaml``: the config report.md links instead of printing it."""
-    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return atomic_write_text(Path(run_dir) / RESOLVED_CONFIG_FILE, RESOLVED_CONFIG_HEADER + text)
+    return atomic_write_text(Path(run_dir) / RESOLVED_CONFIG_FILE, resolved_config_text(config))
+
+
+# libyaml's dumper where PyYAML has it: the pure-Python one takes some 7 ms for a full config,
+# paid by the first sample of a run.
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def resolved_config_text(config: dict) -> str:
+    text = yaml.dump(config, Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return RESOLVED_CONFIG_HEADER + text

@@ -13,8 +13,8 @@ run's source of truth; metrics.json, the summary and report.md are derived from 
 
 Each line is written and flushed to the operating system before the call returns, so a killed
 process keeps every event it recorded; a background thread fsyncs the file shortly after
-(coalescing bursts), so a sample never waits on the disk. A line cut short by a crash is
-skipped when the file is read.
+(coalescing bursts, without holding up appends meanwhile), so a sample never waits for an
+fsync. A line cut short by a crash is skipped when the file is read.
 """
 
 from __future__ import annotations
@@ -56,13 +56,17 @@ class RecordLog:
         with self._lock:
             if self._handle is None:
                 self._open()
-            self._handle.write(line + "\n")
-            self._handle.flush()  # in the OS now: survives this process being killed
+            try:
+                self._handle.write(line + "\n")
+                self._handle.flush()  # in the OS now: survives this process being killed
+            except OSError as exc:
+                raise DsocrError(f"{self.path}: cannot write the records file ({exc})") from None
         self._dirty.set()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a", encoding="utf-8")
+        self._closed.clear()  # opened again after close(): a section added after the session end
         self._syncer = threading.Thread(target=self._sync_loop, name="dsocr-records-fsync", daemon=True)
         self._syncer.start()
 
@@ -75,12 +79,15 @@ class RecordLog:
             self._fsync()
 
     def _fsync(self) -> None:
+        # Outside the lock: an fsync can take milliseconds, and append() must not wait for it.
+        # The descriptor stays open meanwhile: close() joins this thread before it closes.
         with self._lock:
-            if self._handle is not None:
-                try:
-                    os.fsync(self._handle.fileno())
-                except OSError:  # a disk error here must not end the run; the line is written
-                    pass
+            fileno = self._handle.fileno() if self._handle is not None else None
+        if fileno is not None:
+            try:
+                os.fsync(fileno)
+            except OSError:  # a disk error here must not end the run; the line is written
+                pass
 
     def sync(self) -> None:
         """fsync now (the session end, before the final metrics.json is derived)."""
@@ -94,8 +101,25 @@ class RecordLog:
         self._fsync()
         with self._lock:
             if self._handle is not None:
-                self._handle.close()
+                try:
+                    self._handle.close()
+                except OSError:  # what a failed write left in the buffer: append reported it
+                    pass
                 self._handle = None
+
+
+RUN_LINE_HEAD = '{"kind": "run", '
+
+
+def run_texts(path: str | os.PathLike[str]) -> Iterator[str]:
+    """The json text of each run line of a records file, in order, without the ``kind``: exactly
+    ``json.dumps(run.to_json())`` of the run it records (what metrics.json's ``samples`` hold),
+    copied rather than parsed and encoded again. A line cut short (no newline at the end of the
+    file) is left out, as :func:`read_records` leaves it out."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(RUN_LINE_HEAD) and line.endswith("\n"):
+                yield "{" + line[len(RUN_LINE_HEAD):-1]
 
 
 @dataclass

@@ -298,7 +298,7 @@ def finish_run(state: DsocrState, session: pytest.Session, exitstatus: int) -> N
         reason = state.xdist.reason()
     collector = state.collector
     collector.open_records()  # a run stopped before its first sample has recorded nothing yet
-    warn_if_no_boxes([run.text_raw for run in collector.records])  # before the notes are written
+    warn_if_no_boxes(run.text_raw for run in collector.iter_records())  # before the notes are written
     if not state.notes.empty:
         collector.add_section("notes", state.notes.section())
     metrics = collector.finish(complete=reason is None, reason=reason)

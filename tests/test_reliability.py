@@ -59,7 +59,9 @@ def inject(request, monkeypatch):
     freed = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(sample.sample_id))
     yield
-    # What a reader of the run dir sees right after this sample.
+    # What a reader of the run dir sees right after this sample (once the interim files this
+    # sample submitted are written: the collector writes them on a thread of their own).
+    request.getfixturevalue("dsocr_collector").wait_for_writes()
     run_dir = Path(request.config.getoption("--dsocr-run-dir"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     predictions = run_dir / "direct_inference" / "pred" / "predictions.jsonl"

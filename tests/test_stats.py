@@ -96,3 +96,11 @@ def test_to_json_has_every_field():
         "ci_low", "ci_high", "ci_level", "unit", "values",
     ]
     assert data["values"] == [1.0, 2.0, 3.0] and data["unit"] == "tokens/s"
+
+
+def test_to_json_is_every_field_in_order():
+    from dataclasses import asdict, fields
+
+    stats = Stats.from_values([1.0, 2.5, 4.0])
+    assert stats.to_json() == asdict(stats) and list(stats.to_json()) == [f.name for f in fields(Stats)]
+    assert Stats.from_json(stats.to_json()) == stats

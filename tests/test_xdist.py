@@ -167,7 +167,7 @@ def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
     gw1.add_section("nsys_capture", {"ranges": 3})
     gw1.add_summary_section("Nsight", "captured")
     gw0.finish(complete=True)
-    # gw1 was killed outright: its file is the one written after its last sample
+    gw1.wait_for_writes()  # then gw1 was killed outright: its file is what it had written
 
     assert not (tmp_path / "metrics.json").exists()  # workers write only their own files
     parts = read_worker_parts(tmp_path)
@@ -206,8 +206,10 @@ def test_worker_records_merge_into_one_run_with_rows_per_gpu(tmp_path):
 def test_a_restarted_worker_keeps_the_records_of_the_crashed_one(tmp_path):
     first = worker_collector(tmp_path, "gw1")
     first.add_runs([run("a", 10.0)])
+    first.wait_for_writes()
     again = worker_collector(tmp_path, "gw1")  # xdist restarts a crashed worker under the same id
     again.add_runs([run("b", 10.0)])
+    again.wait_for_writes()
     assert new_worker_dir(tmp_path, "gw1").name == "gw1-3"
     parts = read_worker_parts(tmp_path)
     assert [p.label for p in parts] == ["gw1", "gw1-2"]
@@ -215,7 +217,9 @@ def test_a_restarted_worker_keeps_the_records_of_the_crashed_one(tmp_path):
 
 
 def test_an_unreadable_worker_file_is_reported_not_fatal(tmp_path):
-    worker_collector(tmp_path, "gw0").add_runs([run("a", 10.0)])
+    gw0 = worker_collector(tmp_path, "gw0")
+    gw0.add_runs([run("a", 10.0)])
+    gw0.wait_for_writes()
     (tmp_path / "workers" / "gw1").mkdir()
     (tmp_path / "workers" / "gw1" / "records.jsonl").write_text('{not json\n{"kind": "end"}\n')
     parts = read_worker_parts(tmp_path)

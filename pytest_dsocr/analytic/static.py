@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from pytest_dsocr.analytic import efficiency as eff
 from pytest_dsocr.analytic.crosscheck import module_params
@@ -57,7 +57,7 @@ class StaticAnalysisResult:
     paths: tuple[Path, ...]
 
 
-def load_measured(cfg: Any, records: Sequence[Any]) -> tuple[list[eff.Measured], Optional[dict]]:
+def load_measured(cfg: Any, records: Iterable[Any]) -> tuple[list[eff.Measured], Optional[dict]]:
     """Measured runs: from ``static_analysis.metrics`` when set, else this session's
     direct_inference records. Also returns the metrics file's ``env`` (None for the session)."""
     path = cfg.static_analysis.metrics
@@ -227,7 +227,7 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_static_analysis(cfg: Any, out_dir: Path, records: Sequence[Any] = ()) -> StaticAnalysisResult:
+def run_static_analysis(cfg: Any, out_dir: Path, records: Iterable[Any] = ()) -> StaticAnalysisResult:
     """Everything the static_analysis stage does, given the resolved config and the session's
     runs, on the cost model of ``model.family`` (its registry entry names it)."""
     analytic = analytic_for(cfg.model)

@@ -212,7 +212,7 @@ class TorchProfilerStage:
 
     def baseline(self, sample: Sample, session, rounds: int) -> None:
         """Unprofiled runs of ``sample``: direct_inference's records, else ``rounds`` own runs."""
-        direct = [r for r in self.collector.records_for(BASELINE_DIRECT) if r.sample_id == sample.sample_id]
+        direct = self.collector.records_for(BASELINE_DIRECT, sample.sample_id)
         if direct:
             self.baselines[sample.sample_id], self.sources[sample.sample_id] = direct, BASELINE_DIRECT
             return

@@ -10,7 +10,7 @@ was). metrics.json's ``accuracy`` section and the regression gate both reduce pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,18 +24,29 @@ def by_sample_id(run: ImageRun) -> str:
     return run.sample_id
 
 
-def worst_by_page(runs: Sequence[ImageRun], key: PageKey = by_sample_id) -> dict[str, SampleAccuracy]:
+def worst_by_page(runs: Iterable[ImageRun], key: PageKey = by_sample_id) -> dict[str, SampleAccuracy]:
     """page key -> that page's worst read (see the module doc); pages without accuracy are absent."""
-    pages: dict[str, SampleAccuracy] = {}
+    worst = WorstReads(key)
     for run in runs:
+        worst.add(run)
+    return worst.pages
+
+
+class WorstReads:
+    """Each page's worst read, gathered one run at a time (see the module doc)."""
+
+    def __init__(self, key: PageKey = by_sample_id) -> None:
+        self.key = key
+        self.pages: dict[str, SampleAccuracy] = {}
+
+    def add(self, run: ImageRun) -> None:
         accuracy = run.accuracy
         if accuracy is None:
-            continue
-        page = key(run)
-        seen = pages.get(page)
+            return
+        page = self.key(run)
+        seen = self.pages.get(page)
         if seen is None or (accuracy.edit_distance, not accuracy.exact) > (seen.edit_distance, not seen.exact):
-            pages[page] = accuracy
-    return pages
+            self.pages[page] = accuracy
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,14 @@ class AccuracySummary:
     mean_iou: float | None
 
     @classmethod
-    def from_runs(cls, runs: Sequence[ImageRun]) -> AccuracySummary | None:
+    def from_runs(cls, runs: Iterable[ImageRun]) -> AccuracySummary | None:
         """The summary of ``runs`` (one benchmark stage's), or None when no page had ground truth."""
-        pages = list(worst_by_page(runs).values())
+        return cls.from_pages(worst_by_page(runs).values())
+
+    @classmethod
+    def from_pages(cls, worst: Iterable[SampleAccuracy]) -> AccuracySummary | None:
+        """The summary of each page's worst read, or None without a page."""
+        pages = list(worst)
         if not pages:
             return None
         matched = sum(page.matched_boxes for page in pages)

@@ -60,15 +60,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pytest_dsocr.atomic import atomic_open, json_safe, to_json_text
 from pytest_dsocr.errors import DsocrError
-from pytest_dsocr.records import ImageRun, SampleFailure
-from pytest_dsocr.report.accuracy import AccuracySummary
+from pytest_dsocr.records import ImageRun, RunRows, SampleFailure
+from pytest_dsocr.report.accuracy import AccuracySummary, WorstReads
 from pytest_dsocr.report.model import (
     Aggregates,
     ByWorker,
@@ -121,43 +121,165 @@ def build_metrics(
 ) -> RunMetrics:
     """The full metrics of a run (complete or not) from its records and failures.
 
+    The records are read in one pass, one at a time, into per-stage columns of numbers: a run
+    of 100,000 records (a :class:`~pytest_dsocr.records.RunRows`, which unpickles each as it is
+    read) is never all in memory as objects. The metrics' ``samples`` are ``records`` itself.
+
     ``tree`` (the family's stage tree) orders the vision parts; parts it does not list follow
     in the order records first show them. ``counts`` overrides the counts derived here (the
     plugin knows warmup rounds and rounds). ``sections`` adds stages' own sections (e.g.
     ``efficiency``); they may not replace a core key.
     """
-    stages = list(dict.fromkeys(run.stage for run in records))
+    stages: dict[str, _StageColumns] = {}
+    names: dict[str, None] = {}
+    measured = 0
+    attempts: set[tuple[int, str]] = set()
+    stage_attempts: set[tuple[str, int, str]] = set()
+    for run in records:
+        columns = stages.get(run.stage)
+        if columns is None:
+            columns = stages[run.stage] = _StageColumns()
+        columns.add(run)
+        measured += 1
+        names.update(dict.fromkeys(run.substage_ms))
+        attempts.add((run.epoch, run.sample_id))
+        stage_attempts.add((run.stage, run.epoch, run.sample_id))
+    failed = {(f.stage, f.epoch, f.sample_id) for f in failures}
+    attempts |= {(f.epoch, f.sample_id) for f in failures}
+    stage_attempts |= failed
     main_stage = primary_stage(stages)
-    main_runs = [run for run in records if run.stage == main_stage]
-    parts = vision_parts_in(dict.fromkeys(n for run in records for n in run.substage_ms),
-                            tree.vision_parts if tree else ())
-    aggregates = aggregate(main_runs, parts)
+    main = stages.get(main_stage or "", _StageColumns())
+    parts = vision_parts_in(names, tree.vision_parts if tree else ())
+    aggregates = main.aggregates(parts)
     by_stage = {}
     if len(stages) > 1:
-        by_stage = {stage: aggregate([run for run in records if run.stage == stage], parts)
-                    for stage in sorted(stages, key=benchmark_stage_rank)}
-    workers = list(dict.fromkeys(run.worker for run in main_runs))
+        by_stage = {stage: stages[stage].aggregates(parts) for stage in sorted(stages, key=benchmark_stage_rank)}
     return RunMetrics(
         complete=bool(complete),
         reason=reason,
         aggregates_stage=main_stage,
         aggregates=aggregates,
         stage_nesting=_nesting(aggregates.stage_ms, tree),
-        counts=_counts(records, failures, config, counts),
-        error_rate=_error_rate(records, failures),
+        counts=_counts(len(attempts), measured, len(failures), config, counts),
+        error_rate=len(failed) / len(stage_attempts) if stage_attempts else None,
         memory=memory,
         env=env,
         config=config,
-        samples=tuple(records),
+        samples=records if isinstance(records, RunRows) else tuple(records),
         failures=tuple(failures),
         by_stage=by_stage,
-        by_worker=_by_worker(main_runs, workers) if len(workers) > 1 else None,
+        by_worker=main.by_worker() if len(main.workers) > 1 else None,
         identity=identity,
-        accuracy=AccuracySummary.from_runs(main_runs),
+        accuracy=AccuracySummary.from_pages(main.accuracy.pages.values()),
         records=records_file,
         generated_at=now_utc(),
         sections=dict(sections or {}),
     )
+
+
+class _StageColumns:
+    """The runs of one benchmark stage as columns of numbers (see :func:`build_metrics`)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[float]] = {}  # sample_metrics name -> its values
+        self.other: dict[str, list[float]] = {name: [] for name in _OTHER}
+        self.workers: dict[str, _WorkerColumns] = {}
+        self.accuracy = WorstReads()
+
+    def add(self, run: ImageRun) -> None:
+        values = sample_metrics(run)
+        for name, value in values.items():
+            column = self.columns.get(name)
+            if column is None:
+                column = self.columns[name] = []
+            column.append(value)
+        other = self.other
+        other["preprocess"].append(float(run.preprocess_ms))
+        rate = _decode_rate(run)
+        if rate is not None:
+            other["tokens_per_s"].append(rate)
+        other["tokens"].append(run.tokens)
+        other["input"].append(run.prefill_len)
+        other["image"].append(run.image_tokens)
+        worker = self.workers.get(run.worker)
+        if worker is None:
+            worker = self.workers[run.worker] = _WorkerColumns(run.device)
+        worker.add(run, values["e2e"])
+        self.accuracy.add(run)
+
+    def stats(self, name: str, unit: str = "ms") -> Stats:
+        """A stage or latency column, by :func:`sample_metrics` name."""
+        return Stats.from_values(self.columns.get(name) or (), unit)
+
+    def other_stats(self, name: str, unit: str = "ms") -> Stats:
+        """One of the per-run quantities besides stage times (:data:`_OTHER`)."""
+        return Stats.from_values(self.other[name], unit)
+
+    def aggregates(self, parts: Sequence[str] = ()) -> Aggregates:
+        stage_ms: dict[str, Stats] = {}
+        for name in (PREFILL, VISION, *parts, DECODE):
+            stats = self.stats(name)
+            if stats.count:
+                stage_ms[name] = stats
+        tokens = self.other_stats("tokens", "tokens")
+        return Aggregates(
+            prefill_ms=self.stats(PREFILL),
+            decode_ms=self.stats(DECODE),
+            tokens=tokens,
+            tokens_per_s=self.other_stats("tokens_per_s", "tokens/s"),
+            stage_ms=stage_ms,
+            preprocess_ms=self.other_stats("preprocess"),
+            ttft_ms=self.stats("ttft"),
+            tpot_ms=self.stats("tpot"),
+            e2e_ms=self.stats("e2e"),
+            sequence_lengths={
+                "input": self.other_stats("input", "tokens"),
+                "output": tokens,
+                "image": self.other_stats("image", "tokens"),
+            },
+            throughput=_throughput(self.workers.values()),
+        )
+
+    def by_worker(self) -> ByWorker:
+        rows = []
+        for name, worker in self.workers.items():
+            throughput = _throughput([worker])
+            rows.append(WorkerRow(
+                worker=name, device=worker.device, measured_runs=worker.pages,
+                pages_per_s=throughput.pages_per_s, output_tokens_per_s=throughput.output_tokens_per_s,
+                e2e_ms=Stats.from_values(worker.e2e),
+            ))
+        total = _throughput(self.workers.values())
+        return ByWorker(tuple(rows), {
+            "workers": len(rows),
+            "measured_runs": sum(worker.pages for worker in self.workers.values()),
+            "pages_per_s": total.pages_per_s,
+            "output_tokens_per_s": total.output_tokens_per_s,
+        })
+
+
+_OTHER = ("preprocess", "tokens_per_s", "tokens", "input", "image")  # per-run quantities besides stage times
+
+
+class _WorkerColumns:
+    """One worker's sums within a stage: busy time, pages and tokens (throughput), e2e times."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device  # of its first run
+        self.busy_ms = 0.0
+        self.pages = 0
+        self.output_tokens = 0
+        self.image_tokens = 0
+        self.prompt_tokens = 0
+        self.e2e: list[float] = []
+
+    def add(self, run: ImageRun, e2e_ms: float) -> None:
+        self.busy_ms += run.busy_ms
+        self.pages += 1
+        self.output_tokens += run.tokens
+        self.image_tokens += run.image_tokens
+        self.prompt_tokens += run.prefill_len - run.image_tokens
+        self.e2e.append(e2e_ms)
 
 
 def now_utc() -> str:
@@ -166,30 +288,45 @@ def now_utc() -> str:
 
 
 def write_metrics(run_dir: str | os.PathLike[str], metrics: RunMetrics, durable: bool = True,
-                  hooks: Sequence[Callable[[dict], None]] = ()) -> Path:
-    """Write ``<run_dir>/metrics.json`` atomically; returns its path.
+                  hooks: Sequence[Callable[[dict], None]] = (), sample_texts: Iterable[str] | None = None) -> Path:
+    """Write ``<run_dir>/metrics.json`` atomically; returns its path (see :func:`metrics_chunks`)."""
+    path = Path(run_dir) / METRICS_FILE
+    with atomic_open(path, durable) as handle:
+        for chunk in metrics_chunks(metrics, hooks, sample_texts):
+            handle.write(chunk)
+    return path
+
+
+def metrics_chunks(metrics: RunMetrics, hooks: Sequence[Callable[[dict], None]] = (),
+                   sample_texts: Iterable[str] | None = None, compact: bool = False) -> Iterator[bytes]:
+    """metrics.json's bytes, its samples one at a time.
 
     ``hooks`` may add or change fields of the json form just before it is written (the
     ``pytest_dsocr_update_metrics`` hook), samples included. The samples are encoded one at a
-    time into the file, so a run of 100,000 records never holds its whole json text in memory;
-    without hooks they are also converted one at a time (their json dicts, some 200 MB at
-    100,000 records, are never all held at once).
+    time, so a run of 100,000 records never holds its whole json text in memory; without hooks
+    they are also converted one at a time (their json dicts, some 200 MB at 100,000 records, are
+    never all held at once). ``sample_texts``, when given (and no hook is), is the json text of
+    each of ``metrics.samples`` already encoded (the records file's run lines:
+    :func:`pytest_dsocr.recordlog.run_texts`): copied instead of encoded again. ``compact``
+    writes the head on one line (the interim file a long run rewrites every few seconds: json's
+    C encoder is several times faster than its indenting one).
     """
-    path = Path(run_dir) / METRICS_FILE
     data = metrics.to_json(samples=bool(hooks))
     for hook in hooks:
         hook(data)
-    samples = data.pop("samples") if hooks else (run.to_json() for run in metrics.samples)
-    head = to_json_text(data)
+    if hooks:
+        texts = (_sample_json(sample) for sample in data.pop("samples"))
+    elif sample_texts is not None:
+        texts = sample_texts
+    else:
+        texts = (_sample_json(run.to_json()) for run in metrics.samples)
+    head = to_json_text(data, indent=None if compact else 2)
     cut = head.rindex("}")
-    with atomic_open(path, durable) as handle:
-        handle.write(head[:cut].rstrip().encode("utf-8"))
-        handle.write(b',\n  "samples": [')
-        for index, sample in enumerate(samples):
-            text = _sample_json(sample)
-            handle.write((("," if index else "") + "\n    " + text).encode("utf-8"))
-        handle.write(b"\n  ]\n}\n")
-    return path
+    yield head[:cut].rstrip().encode("utf-8")
+    yield b', "samples": [' if compact else b',\n  "samples": ['
+    for index, text in enumerate(texts):
+        yield (("," if index else "") + "\n    " + text).encode("utf-8")
+    yield b"\n  ]\n}\n"
 
 
 def _sample_json(sample: dict) -> str:
@@ -214,38 +351,6 @@ def read_metrics(path: str | os.PathLike[str], option: str | None = None) -> Run
     return RunMetrics.from_json(data, source=name)
 
 
-def aggregate(runs: Sequence[ImageRun], parts: Sequence[str] = ()) -> Aggregates:
-    """The aggregates of the runs of one benchmark stage (see module doc)."""
-    per_run = [sample_metrics(run) for run in runs]
-
-    def column(name: str) -> list[float | None]:
-        return [values.get(name) for values in per_run]
-
-    stage_ms: dict[str, Stats] = {}
-    for name in (PREFILL, VISION, *parts, DECODE):
-        stats = Stats.from_values(column(name))
-        if stats.count:
-            stage_ms[name] = stats
-    tokens = Stats.from_values((run.tokens for run in runs), "tokens")
-    return Aggregates(
-        prefill_ms=Stats.from_values(column(PREFILL)),
-        decode_ms=Stats.from_values(column(DECODE)),
-        tokens=tokens,
-        tokens_per_s=Stats.from_values((_decode_rate(run) for run in runs), "tokens/s"),
-        stage_ms=stage_ms,
-        preprocess_ms=Stats.from_values(run.preprocess_ms for run in runs),
-        ttft_ms=Stats.from_values(column("ttft")),
-        tpot_ms=Stats.from_values(column("tpot")),
-        e2e_ms=Stats.from_values(column("e2e")),
-        sequence_lengths={
-            "input": Stats.from_values((run.prefill_len for run in runs), "tokens"),
-            "output": tokens,
-            "image": Stats.from_values((run.image_tokens for run in runs), "tokens"),
-        },
-        throughput=_throughput(runs),
-    )
-
-
 def _decode_rate(run: ImageRun) -> float | None:
     if run.tokens < 2 or run.decode_ms <= 0:
         return None
@@ -258,18 +363,19 @@ def _nesting(stage_ms: dict[str, Stats], tree: StageTree | None) -> dict[str, li
     return (tree or StageTree(tuple(parts))).nesting(stage_ms) if stage_ms else {}
 
 
-def _throughput(runs: Sequence[ImageRun]) -> Throughput:
-    totals = {"pages": 0, "output_tokens": 0, "image_tokens": 0, "prompt_tokens": 0}
-    rates = dict.fromkeys(totals, 0.0)
+def _throughput(workers: Iterable[_WorkerColumns]) -> Throughput:
+    """Per worker, its sums over its summed busy time; the rates of workers add up."""
+    keys = ("pages", "output_tokens", "image_tokens", "prompt_tokens")
+    totals = dict.fromkeys(keys, 0)
+    rates = dict.fromkeys(keys, 0.0)
     busy_s = 0.0
-    by_worker: dict[str, list[ImageRun]] = {}
-    for run in runs:
-        by_worker.setdefault(run.worker, []).append(run)
-    for worker_runs in by_worker.values():
-        counted = _token_totals(worker_runs)
-        seconds = sum(run.busy_ms for run in worker_runs) / MS_PER_S
+    count = 0
+    for worker in workers:
+        count += 1
+        seconds = worker.busy_ms / MS_PER_S
         busy_s += seconds
-        for key, value in counted.items():
+        for key in keys:
+            value = getattr(worker, key)
             totals[key] += value
             if seconds > 0:
                 rates[key] += value / seconds
@@ -285,57 +391,21 @@ def _throughput(runs: Sequence[ImageRun]) -> Throughput:
         prompt_tokens_per_s=rate(rates["prompt_tokens"]),
         input_tokens_per_s=rate(rates["image_tokens"] + rates["prompt_tokens"]),
         total_tokens_per_s=rate(rates["image_tokens"] + rates["prompt_tokens"] + rates["output_tokens"]),
-        workers=len(by_worker),
+        workers=count,
         busy_s=busy_s,
         input_tokens=totals["image_tokens"] + totals["prompt_tokens"],
         **totals,
     )
 
 
-def _token_totals(runs: Sequence[ImageRun]) -> dict[str, int]:
-    return {
-        "pages": len(runs),
-        "output_tokens": sum(run.tokens for run in runs),
-        "image_tokens": sum(run.image_tokens for run in runs),
-        "prompt_tokens": sum(run.prefill_len - run.image_tokens for run in runs),
-    }
-
-
-def _by_worker(runs: Sequence[ImageRun], workers: Sequence[str]) -> ByWorker:
-    rows = []
-    for worker in workers:
-        mine = [run for run in runs if run.worker == worker]
-        throughput = _throughput(mine)
-        rows.append(WorkerRow(
-            worker=worker, device=mine[0].device, measured_runs=len(mine),
-            pages_per_s=throughput.pages_per_s, output_tokens_per_s=throughput.output_tokens_per_s,
-            e2e_ms=Stats.from_values(sample_metrics(run)["e2e"] for run in mine),
-        ))
-    total = _throughput(runs)
-    return ByWorker(tuple(rows), {
-        "workers": len(rows),
-        "measured_runs": len(runs),
-        "pages_per_s": total.pages_per_s,
-        "output_tokens_per_s": total.output_tokens_per_s,
-    })
-
-
-def _counts(runs: Sequence[ImageRun], failures: Sequence[SampleFailure], config: dict,
-            given: dict | None) -> Counts:
+def _counts(samples: int, measured: int, failed: int, config: dict, given: dict | None) -> Counts:
     infer = config.get("infer") if isinstance(config.get("infer"), dict) else {}
-    distinct = {(run.epoch, run.sample_id) for run in runs} | {(f.epoch, f.sample_id) for f in failures}
     counts = {
         "warmup_rounds": infer.get("warmup_rounds"),
         "rounds": infer.get("rounds"),
-        "samples": len(distinct),
-        "measured_runs": len(runs),
-        "failed": len(failures),
+        "samples": samples,
+        "measured_runs": measured,
+        "failed": failed,
     }
     counts.update(given or {})
     return Counts.from_json(counts)
-
-
-def _error_rate(runs: Iterable[ImageRun], failures: Sequence[SampleFailure]) -> float | None:
-    failed = {(f.stage, f.epoch, f.sample_id) for f in failures}
-    attempts = failed | {(run.stage, run.epoch, run.sample_id) for run in runs}
-    return len(failed) / len(attempts) if attempts else None

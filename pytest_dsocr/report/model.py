@@ -10,7 +10,7 @@ optional and read as absent.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +201,7 @@ class RunMetrics:
     memory: dict[str, Any] | None
     env: dict[str, Any]
     config: dict[str, Any]
-    samples: tuple[ImageRun, ...] = ()
+    samples: Sequence[ImageRun] = ()  # a tuple, or the collector's RunRows
     failures: tuple[SampleFailure, ...] = ()
     by_stage: dict[str, Aggregates] = field(default_factory=dict)
     by_worker: ByWorker | None = None
@@ -230,9 +230,10 @@ class RunMetrics:
         weights = (self.identity or {}).get("weights")
         return dict(weights) if isinstance(weights, Mapping) else None
 
-    def primary_samples(self) -> list[ImageRun]:
-        """The runs the top-level aggregates are made of (those of ``aggregates_stage``)."""
-        return [run for run in self.samples if run.stage == self.aggregates_stage]
+    def primary_samples(self) -> Iterator[ImageRun]:
+        """The runs the top-level aggregates are made of (those of ``aggregates_stage``), one at a
+        time: ``samples`` may hold 100,000 runs that are read back as they are asked for."""
+        return (run for run in self.samples if run.stage == self.aggregates_stage)
 
     def section(self, name: str) -> Any:
         return self.sections.get(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,10 @@ def write_plots(metrics: RunMetrics, run_dir: str | os.PathLike[str]) -> dict[st
         return {"files": {}, "note": MATPLOTLIB_MISSING_NOTE}
 
     stage_ms = metrics.aggregates.stage_ms
-    samples = metrics.primary_samples()
-    if not stage_ms or not samples:
-        return {"files": {}, "note": "Plots skipped: no run was measured."}
     order = _stage_levels(stage_ms, metrics.stage_nesting)
+    samples = _latency_columns(metrics.primary_samples(), [name for name, _, _ in order] + ["e2e"])
+    if not stage_ms or not any(samples.values()):
+        return {"files": {}, "note": "Plots skipped: no run was measured."}
     files = {}
     for name, filename, draw in (
         ("stage_times", STAGE_TIMES_PNG, _draw_stage_times),
@@ -86,7 +86,7 @@ def _stage_levels(stage_ms: Mapping[str, Stats], nesting: Mapping[str, list[str]
 
 
 def _draw_stage_times(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapping[str, Stats],
-                      samples: Sequence[ImageRun]) -> None:
+                      samples: Mapping[str, list[float]]) -> None:
     axes = figure.add_subplot(1, 1, 1)
     labels = [label for _, _, label in order]
     means = [stage_ms[name].mean for name, _, _ in order]
@@ -111,12 +111,22 @@ def _horizontal() -> dict[str, Any]:
     return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
+def _latency_columns(runs: Iterable[ImageRun], names: Sequence[str]) -> dict[str, list[float]]:
+    """name -> each run's time, read in one pass over ``runs``."""
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for run in runs:
+        values = sample_metrics(run)
+        for name, column in columns.items():
+            if name in values:
+                column.append(values[name])
+    return columns
+
+
 def _draw_latency(figure: Any, order: list[tuple[str, int, str]], stage_ms: Mapping[str, Stats],
-                  samples: Sequence[ImageRun]) -> None:
+                  samples: Mapping[str, list[float]]) -> None:
     axes = figure.add_subplot(1, 1, 1)
-    names = [name for name, _, _ in order] + ["e2e"]
-    per_sample = [sample_metrics(s) for s in samples]
-    columns = [[values[name] for values in per_sample if name in values] for name in names]
+    names = list(samples)
+    columns = list(samples.values())
     positions = list(range(1, len(names) + 1))
     axes.boxplot(columns, positions=positions, widths=0.5, showfliers=False, **_horizontal())
     for position, column in zip(positions, columns, strict=True):

@@ -14,7 +14,7 @@ The page (its image) is the unit, as everywhere in the statistics of this projec
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pytest_dsocr.records import ImageRun
@@ -59,25 +59,34 @@ def _cv(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) / mean if mean > 0 else None
 
 
-def spread_facts(runs: Sequence[ImageRun], stages: Sequence[str]) -> SpreadFacts | None:
-    """The facts of ``runs`` (one benchmark stage's) for ``stages``; None without runs."""
-    if not runs:
-        return None
-    by_page: dict[str, list[dict[str, float]]] = {}
+def spread_facts(runs: Iterable[ImageRun], stages: Sequence[str]) -> SpreadFacts | None:
+    """The facts of ``runs`` (one benchmark stage's, read once) for ``stages``; None without runs."""
+    by_page: dict[str, dict[str, list[float]]] = {}  # image -> stage -> its times
+    runs_of: dict[str, int] = {}  # image -> its runs
+    fewest = most = None
+    grids: dict[tuple[int, int], None] = {}
     for run in runs:
-        by_page.setdefault(run.image_path, []).append(sample_metrics(run))
+        values = sample_metrics(run)
+        page = by_page.setdefault(run.image_path, {})
+        runs_of[run.image_path] = runs_of.get(run.image_path, 0) + 1
+        for stage in stages:
+            if stage in values:
+                page.setdefault(stage, []).append(values[stage])
+        fewest = run.tokens if fewest is None else min(fewest, run.tokens)
+        most = run.tokens if most is None else max(most, run.tokens)
+        grids[tuple(run.crop_grid)] = None
+    if not by_page:
+        return None
     spreads = []
     for stage in stages:
-        per_page = [[values[stage] for values in page if stage in values] for page in by_page.values()]
-        per_page = [times for times in per_page if times]
+        per_page = [page[stage] for page in by_page.values() if page.get(stage)]
         within = [cv for times in per_page if (cv := _cv(times)) is not None]
         medians = [statistics.median(times) for times in per_page]
         spreads.append(StageSpread(stage, statistics.median(within) if within else None, _cv(medians)))
-    tokens = [run.tokens for run in runs]
     return SpreadFacts(
         pages=len(by_page),
-        repeated_pages=sum(1 for page in by_page.values() if len(page) > 1),
+        repeated_pages=sum(1 for count in runs_of.values() if count > 1),
         stages=tuple(spreads),
-        tokens=(min(tokens), max(tokens)),
-        grids=tuple(dict.fromkeys(tuple(run.crop_grid) for run in runs)),
+        tokens=(fewest, most),
+        grids=tuple(grids),
     )

@@ -636,8 +636,9 @@ def _sample_rows(metrics: RunMetrics) -> str:
                 s.image_tokens, "x".join(str(v) for v in s.crop_grid), s.finish_reason,
             )
         )
-    main = len(metrics.primary_samples())
     total = len(metrics.samples)
+    main = sum(1 for run in samples if run.stage == metrics.aggregates_stage) if total <= len(samples) \
+        else metrics.aggregates.runs
     note = f"Times in ms. {total} runs, {main} of them in the aggregated stage."
     if total > len(samples):
         note += (f" The first {len(samples)} are shown; every run is in metrics.json `samples` and "
