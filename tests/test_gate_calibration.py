@@ -60,11 +60,15 @@ def settings():
     return {"threshold": 0.10, "alpha": 0.05, "min_pages": 6}
 
 
-def test_the_gate_preset_runs_every_page_several_rounds():
-    cfg = load_config(overrides=["infer=gate"])
-    assert cfg.infer.warmup_rounds >= 1 and cfg.infer.rounds >= 3
-    assert cfg.dataset.sampling.num_samples_per_epoch is None  # every page of the dataset
+GATE = ["infer=gate", "sampling=gate"]
+
+
+def test_the_gate_preset_spreads_several_rounds_of_every_page_over_epochs(calibration):
+    cfg = load_config(overrides=GATE)
+    assert cfg.infer.warmup_rounds >= 1 and cfg.infer.rounds == 1 and cfg.dataset.sampling.num_epochs >= 3
+    assert cfg.dataset.sampling.num_samples_per_epoch is None and not cfg.dataset.sampling.randomize  # every page
     assert cfg.gate.inconclusive == "fail" and cfg.gate.min_pages == 6
+    assert list(calibration.PRESET) == GATE and calibration.preset_values(cfg) == cfg.dataset.sampling.num_epochs
 
 
 @pytest.mark.parametrize(("key", "value"), [("gate.inconclusive", "maybe"), ("gate.min_pages", "1"),
@@ -84,7 +88,7 @@ def test_wilson_interval(calibration):
 def test_quiet_recording_meets_the_goal(calibration, capsys, tmp_path):
     path = tmp_path / "quiet.json"
     path.write_text(json.dumps(recording(noise=0.01)), encoding="utf-8")
-    assert calibration.report(calibration.load_recording(path), path, [load_config(overrides=["infer=gate"]).infer.rounds],
+    assert calibration.report(calibration.load_recording(path), path, [5],
                               PAIRS, [0.10, 0.20], settings()) == 0
     out = capsys.readouterr().out
     assert "GOAL MET" in out and "MISSED" not in out
@@ -93,7 +97,7 @@ def test_quiet_recording_meets_the_goal(calibration, capsys, tmp_path):
 def test_noisy_recording_misses_the_goal_and_says_so(calibration, capsys, tmp_path):
     path = tmp_path / "noisy.json"
     path.write_text(json.dumps(recording(noise=0.4)), encoding="utf-8")
-    assert calibration.report(calibration.load_recording(path), path, [load_config(overrides=["infer=gate"]).infer.rounds],
+    assert calibration.report(calibration.load_recording(path), path, [5],
                               PAIRS, [0.10], settings()) == 1
     assert "MISSED at the preset" in capsys.readouterr().out
 
@@ -103,3 +107,25 @@ def test_replay_detects_what_it_injects(calibration):
     results = calibration.replay(recording(noise=0.02), rounds=3, pairs=PAIRS, slowdowns=[0.20], settings=settings())
     assert results["A/A"]["prefill fails"].value <= 0.05
     assert results["A/B +20%"]["prefill regressed"].value >= 0.95
+
+
+def test_supported_thresholds_are_the_smallest_meeting_the_goal(calibration):
+    highs = {"prefill": [1.02] * 95 + [1.08] * 5,  # 5 % of pairs reach 1.08: 7.5 % is too small
+             "decode": [1.3] * 100,  # every pair's interval reaches 1.3: 30 % fails, 40 % passes
+             "clip": [float("inf")] * 100}  # no verdict at all
+    supported = {s.stage: s for s in calibration.supported_thresholds(highs)}
+    assert supported["prefill"].threshold == 0.10 and supported["prefill"].false_alarms.hits == 0
+    assert supported["decode"].threshold == 0.40
+    assert supported["clip"].threshold is None
+    assert calibration.whole_gate_rate(highs, {"prefill": 0.10, "decode": 0.40, "clip": 1.0}).value == 1.0
+    assert calibration.whole_gate_rate({"prefill": highs["prefill"]}, {"prefill": 0.075}).hits == 5
+
+
+def test_report_prints_the_thresholds_a_noisy_recording_supports(calibration, capsys, tmp_path):
+    path = tmp_path / "noisy.json"
+    path.write_text(json.dumps(recording(noise=0.15, blocks=2)), encoding="utf-8")
+    calibration.report(calibration.load_recording(path), path, [5], PAIRS, [0.10], settings())
+    out = capsys.readouterr().out
+    assert "thresholds this machine supports at 5 rounds" in out and "across blocks" in out
+    assert "--dsocr-set 'gate.per_stage={" in out
+    assert "NOTE: the preset spreads a page's rounds over 5 epochs" in out  # the recording is consecutive

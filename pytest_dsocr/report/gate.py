@@ -28,7 +28,7 @@ insufficient samples) fails the gate by default and only warns with ``inconclusi
 (:func:`parse_inconclusive`). Each one-sided claim holds at ``1 - alpha / 2`` confidence, so a
 change exactly at the threshold passes at most 2.5% of the time, and an unchanged run fails
 only when its interval is too wide to exclude the threshold: enough pages and rounds (the
-``infer=gate`` preset, calibrated by benchmarks/perf/gate_calibration.py) keep that rare.
+``infer=gate sampling=gate`` presets, calibrated by benchmarks/perf/gate_calibration.py) keep that rare.
 
 Why t and not ranks: with 6 pages the signed-rank test reaches p < 0.05 only when all 6 move
 the same way; the t interval uses the sizes of the changes, and the per-page medians keep
