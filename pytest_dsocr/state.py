@@ -86,10 +86,10 @@ class DsocrState:
         self._identity: dict | None = None
         # Compared before any model is built: a baseline that measured something else is refused
         # now, not after the run (forced differences go to regression.md).
-        self.baseline_data: dict | None = None
+        self.baseline_data: RunMetrics | None = None
         self.baseline_differences: list[Difference] = []
         if self.baseline and self.worker is None:
-            self.baseline_data = load_baseline(self.baseline)
+            self.baseline_data = RunMetrics.from_json(load_baseline(self.baseline), source=f"--dsocr-baseline={self.baseline}")
             self.baseline_differences = check_compatibility(identity_from_metrics(self.baseline_data), self.identity,
                                                             force=self.baseline_force)
         # set by the hooks as the session goes on

@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         print(family_table(baseline, current))
         return EXIT_OK
     result = compare_runs(
-        baseline.to_json(),
-        current.to_json(),
+        baseline,
+        current,
         threshold=parse_threshold(args.threshold, "--threshold"),
         per_stage=parse_stage_thresholds(_stage_pairs(args.stage_threshold), "--stage-threshold"),
         force=args.force,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_dsocr.errors import DsocrError
+from pytest_dsocr.report.model import RunMetrics
 
 IDENTITY_KEY = "identity"  # top-level section of metrics.json
 IDENTITY_VERSION = 1
@@ -87,18 +88,22 @@ def run_identity(config: Mapping[str, Any], env: Mapping[str, Any], weights: Map
     }
 
 
-def identity_from_metrics(metrics: Mapping[str, Any]) -> dict:
-    """The identity stored in a metrics dict, or one rebuilt from its ``config`` and ``env``
-    sections for a metrics.json written before identities were recorded.
+def identity_from_metrics(metrics: RunMetrics | Mapping[str, Any]) -> dict:
+    """The identity stored in a run's metrics (the typed model or its json form), or one rebuilt
+    from its ``config`` and ``env`` sections for a metrics.json written before identities were
+    recorded.
 
     A rebuilt identity has ``version`` 0; its weights are what the config declares (random with
     ``model.seed``, or the ``model.path`` checkpoint, without its index hash, which is then unknown).
     """
-    stored = metrics.get(IDENTITY_KEY)
+    if isinstance(metrics, RunMetrics):
+        stored, config, env = metrics.identity, metrics.config, metrics.env
+    else:
+        stored, config, env = metrics.get(IDENTITY_KEY), metrics.get("config"), metrics.get("env")
     if isinstance(stored, Mapping):
         return dict(stored)
-    config = metrics.get("config") if isinstance(metrics.get("config"), Mapping) else {}
-    env = metrics.get("env") if isinstance(metrics.get("env"), Mapping) else {}
+    config = config if isinstance(config, Mapping) else {}
+    env = env if isinstance(env, Mapping) else {}
     model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
     kind = model.get("weights", "random")  # before model.weights existed the tiny build was random
     if model.get("path") is not None:

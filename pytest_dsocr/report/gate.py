@@ -50,8 +50,9 @@ Its threshold is ``gate.per_stage.accuracy`` (e.g. ``0.02``: two points of edit 
 :data:`DEFAULT_ACCURACY_THRESHOLD` by default; ``--dsocr-max-regression`` (a time ratio) does
 not apply to it. A faster run that reads the pages wrong fails the gate here.
 
-The statistics take per-page values only (:func:`values_by_page`, :func:`judge`); reading
-metrics dicts is confined to :func:`compare_runs`.
+The statistics take per-page values only (:func:`values_by_page`, :func:`judge`); the runs are
+:class:`~pytest_dsocr.report.model.RunMetrics` (a metrics.json's json form is read into one by
+:func:`compare_runs`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -334,7 +335,7 @@ def load_baseline(path: str | os.PathLike[str], option: str = BASELINE_OPTION) -
     return data
 
 
-def values_by_page(samples: Sequence[ImageRun | Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
+def values_by_page(samples: Iterable[ImageRun | Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
     """stage -> page key -> that page's values, one per record (round and epoch).
 
     ``samples`` are records: :class:`ImageRun` (e.g. ``RunMetrics.primary_samples()``) or their
@@ -449,16 +450,15 @@ def judge_accuracy(base_pages: Mapping[str, SampleAccuracy], current_pages: Mapp
                    detail=detail, **counts)
 
 
-def accuracy_by_page(metrics: Mapping[str, Any]) -> dict[str, SampleAccuracy]:
-    """page key -> the page's worst read in a metrics dict's aggregated stage (absent without
-    ground truth), keyed as the timing rows key pages."""
-    runs = [ImageRun.from_json(sample) for sample in _primary_samples(metrics)]
-    return worst_by_page(runs, key=lambda run: page_key(run.sample_id, run.prefill_len))
+def accuracy_by_page(metrics: RunMetrics) -> dict[str, SampleAccuracy]:
+    """page key -> the page's worst read in a run's aggregated stage (absent without ground
+    truth), keyed as the timing rows key pages."""
+    return worst_by_page(metrics.primary_samples(), key=lambda run: page_key(run.sample_id, run.prefill_len))
 
 
 def compare_runs(
-    baseline: Mapping[str, Any],
-    current: Mapping[str, Any],
+    baseline: RunMetrics | Mapping[str, Any],
+    current: RunMetrics | Mapping[str, Any],
     *,
     threshold: float = DEFAULT_THRESHOLD,
     per_stage: Mapping[str, float] | None = None,
@@ -469,22 +469,24 @@ def compare_runs(
     differences: Sequence[Difference] | None = None,
     force_hint: str = FORCE_OPTION,
 ) -> GateResult:
-    """Judge every stage measured in both metrics dicts (json form of metrics.json).
+    """Judge every stage measured in both runs (:class:`RunMetrics`, or metrics.json's json form,
+    read into one).
 
     ``differences``: the identity differences already found (the plugin checks before the
     run); None computes them here from the metrics' ``identity`` sections (or their config/env).
     Differences, or another aggregated benchmark stage, raise a DsocrError naming every key
     unless ``force``; forced ones are listed in the result (and regression.md).
     """
+    baseline, current = _typed(baseline, "the baseline"), _typed(current, "the current run")
     if differences is None:
         differences = compatibility_differences(identity_from_metrics(baseline), identity_from_metrics(current))
     found = list(differences) + _measurement_differences(baseline, current)
     if found and not force:
         raise incompatible_error(found, force_hint)
     notes = [
-        f"the {which} run is incomplete ({run.get('reason') or 'no reason recorded'})."
+        f"the {which} run is incomplete ({run.reason or 'no reason recorded'})."
         for which, run in (("baseline", baseline), ("current", current))
-        if run.get("complete") is False
+        if not run.complete
     ]
     base_values, base_note = _run_values(baseline, "baseline")
     current_values, current_note = _run_values(current, "current")
@@ -514,7 +516,7 @@ def compare_runs(
 
 def run_gate(
     metrics: RunMetrics | Mapping[str, Any],
-    baseline: str | os.PathLike[str] | Mapping[str, Any],
+    baseline: str | os.PathLike[str] | RunMetrics | Mapping[str, Any],
     max_regression: str | float = DEFAULT_THRESHOLD,
     *,
     per_stage: Mapping[str, str | float] | None = None,
@@ -527,9 +529,9 @@ def run_gate(
     """The plugin's entry: load the baseline, parse the options, compare, and write
     ``<run_dir>/regression.md`` (with the forced ``differences``, when given, listed in it).
     Bad input raises DsocrError naming the option."""
-    base = baseline if isinstance(baseline, Mapping) else load_baseline(baseline)
+    base = baseline if isinstance(baseline, (Mapping, RunMetrics)) else load_baseline(baseline)
     result = compare_runs(
-        base, as_metrics_json(metrics), threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
+        base, metrics, threshold=parse_threshold(max_regression), per_stage=parse_stage_thresholds(per_stage),
         force=force, min_pages=parse_min_pages(min_pages), inconclusive=parse_inconclusive(inconclusive),
         differences=differences,
     )
@@ -543,32 +545,36 @@ def write_regression_report(run_dir: str | os.PathLike[str], result: GateResult)
     return atomic_write_text(Path(run_dir) / REGRESSION_FILE, result.markdown(heading=True))
 
 
-def _measurement_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
+def _typed(metrics: RunMetrics | Mapping[str, Any], which: str) -> RunMetrics:
+    return metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_json(metrics, source=which)
+
+
+def _measurement_differences(baseline: RunMetrics, current: RunMetrics) -> list[Difference]:
     """Differences in what was measured rather than how: the benchmark stage whose records make
     the aggregates (a profiled stage's overhead is not a regression)."""
-    before, after = baseline.get(AGGREGATES_STAGE), current.get(AGGREGATES_STAGE)
+    before, after = baseline.aggregates_stage, current.aggregates_stage
     if before is not None and after is not None and before != after:
         return [Difference(AGGREGATES_STAGE, before, after)]
     return []
 
 
-def _run_values(metrics: Mapping[str, Any], label: str) -> tuple[dict[str, dict[str, list[float]]], str | None]:
-    """stage -> page -> values of one metrics dict, and a note when it had to do without samples.
+def _run_values(metrics: RunMetrics, label: str) -> tuple[dict[str, dict[str, list[float]]], str | None]:
+    """stage -> page -> values of one run, and a note when it had to do without samples.
 
     A metrics.json without per-sample records keeps only each stage's raw values (one per
     round and epoch, without page ids). They are per-page values only when every page ran
     once (1 round, 1 epoch); they then get keys of their own run (``label``), so they never
     pair. Otherwise they cannot be reduced to pages and the stages get no verdict.
     """
-    samples = _primary_samples(metrics)
-    if samples:
-        return values_by_page(samples), None
-    aggregates = metrics.get("aggregates") or {}
-    named = {**{m: aggregates.get(f"{m}_ms") for m in LATENCY_METRICS}, **(aggregates.get("stage_ms") or {})}
-    raw = {stage: [float(v) for v in (stats or {}).get("values") or []] for stage, stats in named.items()}
+    values = values_by_page(metrics.primary_samples())
+    if values:
+        return values, None
+    aggregates = metrics.aggregates
+    named = {**{m: aggregates.stat(m) for m in LATENCY_METRICS}, **aggregates.stage_ms}
+    raw = {stage: [float(v) for v in stats.values] for stage, stats in named.items() if stats is not None}
     raw = {stage: values for stage, values in raw.items() if values}
-    rounds = _lookup(metrics, ("counts", "rounds"))
-    epochs = _lookup(metrics, ("config", "dataset", "sampling", "num_epochs"))
+    rounds = metrics.counts.rounds
+    epochs = _lookup(metrics.config, ("dataset", "sampling", "num_epochs"))
     if rounds == 1 and epochs == 1:
         pages = {stage: {f"{label}:{i}": [v] for i, v in enumerate(values)} for stage, values in raw.items()}
         return pages, f"the {label} metrics.json has no per-page samples; its values (1 round each) are taken as pages, unpaired."
@@ -577,25 +583,13 @@ def _run_values(metrics: Mapping[str, Any], label: str) -> tuple[dict[str, dict[
     return {stage: {} for stage in raw}, note
 
 
-def _common_stages(baseline: Mapping[str, Any], current: Mapping[str, Any], measured: set[str]) -> list[str]:
+def _common_stages(baseline: RunMetrics, current: RunMetrics, measured: set[str]) -> list[str]:
     """Stages of both runs in reading order, then ttft, tpot and e2e where both have values."""
-    theirs = set((baseline.get("aggregates") or {}).get("stage_ms") or {})
-    ours = list((current.get("aggregates") or {}).get("stage_ms") or {})
+    theirs = set(baseline.aggregates.stage_ms)
+    ours = list(current.aggregates.stage_ms)
     ordered = [PREFILL, VISION] + [s for s in ours if s not in (PREFILL, VISION, DECODE)] + [DECODE]
     common = [s for s in ordered if s in theirs and s in ours]
     return common + [m for m in LATENCY_METRICS if m in measured]
-
-
-def as_metrics_json(metrics: RunMetrics | Mapping[str, Any]) -> Mapping[str, Any]:
-    """The json form the gate reads (a RunMetrics is converted)."""
-    return metrics.to_json() if isinstance(metrics, RunMetrics) else metrics
-
-
-def _primary_samples(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-sample records of a metrics dict that its top-level aggregates are made of."""
-    samples = list(metrics.get("samples") or [])
-    stage = metrics.get("aggregates_stage")
-    return [s for s in samples if s.get("stage", stage) == stage]
 
 
 def _lookup(mapping: Any, path: tuple[str, ...]) -> Any:
