@@ -168,13 +168,16 @@ class BackgroundWriter:
                     return
                 files, self._pending = self._pending, {}
                 self._writing = True
-            for path, data in files.items():
-                try:
-                    atomic_write_bytes(path, data, durable=False)
-                except OSError as exc:
-                    if path not in self._failed:
-                        self._failed.add(path)
-                        log.warning("pytest-dsocr: cannot write %s (%s); the records file keeps every sample", path, exc)
-            with self._changed:
-                self._writing = False
-                self._changed.notify_all()
+            try:
+                for path, data in files.items():
+                    try:
+                        atomic_write_bytes(path, data, durable=False)
+                    except Exception as exc:  # noqa: BLE001 - the thread must outlive any one write
+                        if path not in self._failed:
+                            self._failed.add(path)
+                            log.warning("pytest-dsocr: cannot write %s (%s); the records file keeps every sample",
+                                        path, exc)
+            finally:  # a waiter is never left waiting on a write that ended
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
