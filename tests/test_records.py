@@ -359,3 +359,28 @@ def test_a_write_error_is_raised_naming_the_records_file():
     with pytest.raises(DsocrError, match=r"/dev/full: cannot write the records file \(\[Errno 28\]"):
         log.append("run", image_run(0).to_json())
     log.close()  # what the failed write left behind is not raised again
+
+
+def test_background_writer_survives_a_write_that_raises(tmp_path, monkeypatch, caplog):
+    import threading
+
+    from pytest_dsocr import atomic
+
+    write = atomic.atomic_write_bytes
+
+    def flaky(path, data, durable=True):
+        if Path(path).name == "bad.json":
+            raise ValueError("not an OSError")
+        return write(path, data, durable)
+
+    monkeypatch.setattr(atomic, "atomic_write_bytes", flaky)
+    writer = atomic.BackgroundWriter()
+    writer.submit({tmp_path / "bad.json": b"x", tmp_path / "good.json": b"y"})
+    waiter = threading.Thread(target=writer.wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "wait() hung on a write that raised"
+    writer.submit({tmp_path / "good.json": b"z"})  # the thread is still there
+    writer.close()
+    assert (tmp_path / "good.json").read_text() == "z"
+    assert any("bad.json" in r.getMessage() and "not an OSError" in r.getMessage() for r in caplog.records)
