@@ -227,9 +227,9 @@ class Collector:
         runs as it is asked for: a long run's are never all in memory as objects)."""
         return iter(self._runs)
 
-    def records_for(self, stage: str, sample_id: str | None = None) -> list[ImageRun]:
-        """The measured runs of ``stage`` (of one sample), in order."""
-        return self._runs.of_stage(stage, sample_id)
+    def records_for(self, stage: str, sample_id: str) -> list[ImageRun]:
+        """The measured runs of one sample in ``stage``, in order."""
+        return self._runs.of_page(stage, sample_id)
 
     # -- metrics --------------------------------------------------------------------------
 

@@ -89,10 +89,6 @@ class RecordLog:
             except OSError:  # a disk error here must not end the run; the line is written
                 pass
 
-    def sync(self) -> None:
-        """fsync now (the session end, before the final metrics.json is derived)."""
-        self._fsync()
-
     def close(self) -> None:
         self._closed.set()
         self._dirty.set()

@@ -169,7 +169,7 @@ class RunRows(Sequence[ImageRun]):
     """ImageRuns kept by the hundred thousand without slowing the process down.
 
     The runs are pickled, one after another, into a single bytearray, indexed by arrays of
-    offsets (one per stage and one per page). None of them holds objects CPython's cycle
+    offsets (one per stage and page). None of them holds objects CPython's cycle
     collector walks, so a full collection costs the same after 100,000 runs as after none: as
     dataclass instances (or even as untracked tuples in a list) the kept runs made every full
     collection pause whichever sample was being recorded for 20 to 100 ms. What remains grows
@@ -180,15 +180,12 @@ class RunRows(Sequence[ImageRun]):
     def __init__(self, runs: Iterable[ImageRun] = ()) -> None:
         self._data = bytearray()
         self._ends = array("Q")  # where each run's bytes end in _data
-        self._stages: dict[str, array] = {}  # stage -> indexes of its runs
         self._pages: dict[tuple[str, str], array] = {}  # (stage, sample id) -> indexes of its runs
         for run in runs:
             self.append(run)
 
     def append(self, run: ImageRun) -> None:
-        index = len(self._ends)
-        self._stages.setdefault(run.stage, array("Q")).append(index)
-        self._pages.setdefault((run.stage, run.sample_id), array("Q")).append(index)
+        self._pages.setdefault((run.stage, run.sample_id), array("Q")).append(len(self._ends))
         self._data += pickle.dumps(run, pickle.HIGHEST_PROTOCOL)
         self._ends.append(len(self._data))
 
@@ -212,10 +209,9 @@ class RunRows(Sequence[ImageRun]):
         size = len(self._ends)
         return [self[index] for index in range(max(size - count, 0), size)]
 
-    def of_stage(self, stage: str, sample_id: str | None = None) -> list[ImageRun]:
-        """The runs of one benchmark stage (of one sample), in order, read at their cost alone."""
-        indexes = self._stages.get(stage, ()) if sample_id is None else self._pages.get((stage, sample_id), ())
-        return [self[index] for index in indexes]
+    def of_page(self, stage: str, sample_id: str) -> list[ImageRun]:
+        """The runs of one sample in one benchmark stage, in order, read at their cost alone."""
+        return [self[index] for index in self._pages.get((stage, sample_id), ())]
 
 
 _ACCURACY_FIELDS = frozenset(f.name for f in fields(SampleAccuracy))

@@ -281,8 +281,8 @@ class FakeCollector:
         self.records = list(records)
         self.sections, self.summary = {}, {}
 
-    def records_for(self, stage, sample_id=None):
-        return [r for r in self.records if r.stage == stage and sample_id in (None, r.sample_id)]
+    def records_for(self, stage, sample_id):
+        return [r for r in self.records if r.stage == stage and r.sample_id == sample_id]
 
     def add_section(self, name, data):
         self.sections[name] = data

@@ -222,8 +222,8 @@ def test_kept_runs_are_not_walked_by_the_cycle_collector():
     assert len(gc.get_objects()) - before < 50  # one index per page (10 here), none per run
     assert len(rows) == len(runs) and list(rows) == runs
     assert rows[3] == runs[3] and rows[-1] == runs[-1] and rows[1:4] == runs[1:4]
-    assert rows.last(2) == runs[-2:] and rows.of_stage("torch_profiler") == runs[-1:]
-    assert rows.of_stage("direct_inference", runs[5].sample_id) == [r for r in runs[:-1] if r.sample_id == runs[5].sample_id]
+    assert rows.last(2) == runs[-2:] and rows.of_page("torch_profiler", runs[-1].sample_id) == runs[-1:]
+    assert rows.of_page("direct_inference", runs[5].sample_id) == [r for r in runs[:-1] if r.sample_id == runs[5].sample_id]
 
 
 def test_distinct_attempts_count_each_page_of_each_epoch_once(tmp_path):
