@@ -229,6 +229,19 @@ def run_values(pools: Pools, picks: Mapping[str, np.ndarray], stages: Sequence[s
     return values
 
 
+def draw_pair(pooled: Pools, blocks: Sequence[Pools], cross_block: bool, rounds: int, stages: Sequence[str],
+              rng: np.random.Generator, factor: float = 1.0) -> tuple[dict, dict]:
+    """One simulated (baseline, current) pair of stage -> page -> values: both from the pooled
+    recording, or each from a different recording block; the current run slowed by ``factor``."""
+    if cross_block:
+        first, second = rng.choice(len(blocks), size=2, replace=False)
+        base_pools, cur_pools = blocks[first], blocks[second]
+    else:
+        base_pools = cur_pools = pooled
+    base = run_values(base_pools, draw_indices(base_pools, rounds, rng), stages)
+    return base, run_values(cur_pools, draw_indices(cur_pools, rounds, rng), stages, factor)
+
+
 def signflip_fails(base: Mapping[str, Sequence[float]], current: Mapping[str, Sequence[float]],
                    threshold: float, alpha: float) -> bool:
     """The alternative test: an exact sign-flip permutation test of the mean per-page log ratio
@@ -273,13 +286,7 @@ def replay(data: Mapping, *, rounds: int, pairs: int, slowdowns: Sequence[float]
         stages = all_stages if scenario.factor == 1.0 else [CALIBRATED_STAGE]
         stage_fails = gate_fails = regressed = signflip = 0
         for _ in range(pairs):
-            if scenario.cross_block:
-                first, second = rng.choice(len(blocks), size=2, replace=False)
-                base_pools, cur_pools = blocks[first], blocks[second]
-            else:
-                base_pools = cur_pools = pooled
-            base = run_values(base_pools, draw_indices(base_pools, rounds, rng), stages)
-            cur = run_values(cur_pools, draw_indices(cur_pools, rounds, rng), stages, scenario.factor)
+            base, cur = draw_pair(pooled, blocks, scenario.cross_block, rounds, stages, rng, scenario.factor)
             rows = {stage: judge(stage, base[stage], cur[stage], **settings) for stage in stages}
             row = rows[CALIBRATED_STAGE]
             stage_fails += not row.passed
@@ -326,13 +333,7 @@ def aa_upper_bounds(data: Mapping, *, rounds: int, pairs: int, settings: Mapping
     rng = np.random.default_rng(seed)
     highs: dict[str, list[float]] = {stage: [] for stage in stages}
     for _ in range(pairs):
-        if cross:
-            first, second = rng.choice(len(blocks), size=2, replace=False)
-            base_pools, cur_pools = blocks[first], blocks[second]
-        else:
-            base_pools = cur_pools = pooled
-        base = run_values(base_pools, draw_indices(base_pools, rounds, rng), stages)
-        cur = run_values(cur_pools, draw_indices(cur_pools, rounds, rng), stages)
+        base, cur = draw_pair(pooled, blocks, cross, rounds, stages, rng)
         for stage in stages:
             row = judge(stage, base[stage], cur[stage], **settings)
             highs[stage].append(math.inf if row.ci_high is None else row.ci_high)
